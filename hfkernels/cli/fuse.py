@@ -1,0 +1,99 @@
+"""``hfkernels fuse``: fuse one pair of images, or two folders of pairs matched by file name."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import CLIError
+
+
+def register(sub):
+    p = sub.add_parser("fuse", help="fuse an image pair or two folders of pairs")
+    p.add_argument("--vis", required=True, help="visible image (first source) or folder")
+    p.add_argument("--ir", required=True, help="infrared image (second source) or folder")
+    p.add_argument("--out", required=True, help="output image (single pair) or folder")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--mu", default="heuristic", help="'heuristic' (default) or a constant in [0,1]")
+    g.add_argument("--checkpoint", default=None, help="a training run folder whose model predicts mu")
+    p.add_argument("--levels", type=int, default=4)
+    p.add_argument("--backend", default=None, help="triton | cuda | cpu | torch (default: best)")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    p.add_argument("--save-mu", action="store_true", help="also write the guidance map as MU_<name>.png")
+    p.set_defaults(func=run)
+
+
+def parse_mu(spec: str):
+    """'heuristic' or a float in [0,1]."""
+    if spec == "heuristic":
+        return spec
+    try:
+        c = float(spec)
+    except ValueError:
+        raise CLIError(f"--mu must be 'heuristic' or a number in [0, 1], got {spec!r}") from None
+    if not 0.0 <= c <= 1.0:
+        raise CLIError(f"--mu constant must lie in [0, 1], got {c}")
+    return c
+
+
+def guidance_fn(args, device):
+    """Returns ``f(vis, ir) -> mu`` for (B,C,H,W) tensors in [0,1]."""
+    if getattr(args, "checkpoint", None):
+        from ..models import load_guidance  # provided by the training stack
+
+        return load_guidance(args.checkpoint, device=device)
+    spec = parse_mu(args.mu)
+    if spec == "heuristic":
+        from ..fusion import heuristic_guidance
+
+        return heuristic_guidance
+    return lambda vis, ir: torch.full_like(ir[:, :1], spec)
+
+
+def fuse_pair(vis_path, ir_path, mu_fn, args, device):
+    from ..fusion import fuse_color
+    from ..io import read_image
+
+    vis = read_image(vis_path, "keep")[None].to(device)
+    ir = read_image(ir_path, "gray")[None].to(device)
+    if vis.shape[-2:] != ir.shape[-2:]:
+        raise CLIError(
+            f"size mismatch: {vis_path} is {tuple(vis.shape[-2:])}, {ir_path} is {tuple(ir.shape[-2:])}"
+        )
+    with torch.no_grad():
+        mu = mu_fn(vis, ir).clamp(0, 1)
+        out = fuse_color(vis, ir, mu, args.levels, backend=args.backend)
+    return out, mu
+
+
+def run(args) -> int:
+    from ..io import describe_unmatched, is_image, match_pairs, write_image
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    vis, ir, out = Path(args.vis), Path(args.ir), Path(args.out)
+    for name, p in (("--vis", vis), ("--ir", ir)):
+        if not p.exists():
+            raise CLIError(f"{name} {p} does not exist")
+    if vis.is_dir() != ir.is_dir():
+        raise CLIError("--vis and --ir must both be files or both be folders")
+    mu_fn = guidance_fn(args, device)
+    if vis.is_file():
+        if out.suffix == "" or out.is_dir():
+            out = out / vis.with_suffix(".png").name
+        jobs = [(vis, ir, out)]
+    else:
+        res = match_pairs(vis, ir, strict=False)
+        if res.only_a or res.only_b:
+            raise CLIError(describe_unmatched(vis, ir, res))
+        if out.exists() and not out.is_dir():
+            raise CLIError(f"--out {out} must be a folder when --vis and --ir are folders")
+        jobs = [(a, b, out / a.with_suffix(".png").name) for a, b in res.pairs]
+    from tqdm import tqdm
+
+    for a, b, dst in tqdm(jobs, desc="fuse", unit="pair", disable=len(jobs) < 2):
+        fused, mu = fuse_pair(a, b, mu_fn, args, device)
+        write_image(dst, fused)
+        if args.save_mu:
+            write_image(dst.with_name("MU_" + dst.name), mu)
+    print(f"wrote {len(jobs)} fused image(s) to {out if len(jobs) > 1 else jobs[0][2]}")
+    return 0

@@ -1,0 +1,34 @@
+"""``hfkernels info``: versions, devices, and which backends can run (and why not)."""
+from __future__ import annotations
+
+import platform
+
+import torch
+
+
+def register(sub):
+    p = sub.add_parser("info", help="versions, devices and available backends")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import __version__
+    from ..backends import backend_status
+
+    try:
+        import triton
+
+        tv = triton.__version__
+    except Exception as e:  # noqa: BLE001
+        tv = f"not importable ({type(e).__name__})"
+    print(f"hfkernels {__version__}")
+    print(f"python    {platform.python_version()} ({platform.machine()})")
+    print(f"torch     {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
+    print(f"triton    {tv}")
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    for d in devices:
+        name = torch.cuda.get_device_name(d) if d.startswith("cuda") else platform.processor() or "cpu"
+        print(f"\ndevice {d} ({name}), threads={torch.get_num_threads()}")
+        for b, (ok, why) in backend_status(d).items():
+            print(f"  {'yes' if ok else 'no ':3}  {b:7} {why}")
+    return 0
