@@ -1,15 +1,14 @@
 """Op implementations; importing this package registers every backend's ops.
 
-One module per op and backend family. Modules whose dependencies are missing (no triton, no
-compiled extension) register nothing; the backend registry then reports why.
+One module per op family and backend (Liger-Kernel style). A module whose optional dependency
+is missing (no triton, no compiled extension) must import cleanly and register nothing; the
+backend registry then reports why that backend is unavailable.
 """
-from . import fuse_torch  # noqa: F401
+import importlib
+import importlib.util
 
-try:
-    from . import fuse_triton  # noqa: F401
-except ImportError:
-    pass
-try:
-    from . import fuse_ext  # noqa: F401
-except ImportError:
-    pass
+MODULES = ("fuse_torch", "fuse_triton", "fuse_ext", "loss_torch", "loss_triton", "loss_ext")
+
+for _m in MODULES:
+    if importlib.util.find_spec(f"{__name__}.{_m}") is not None:
+        importlib.import_module(f"{__name__}.{_m}")
