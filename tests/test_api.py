@@ -1,0 +1,128 @@
+"""Argument checking and backend selection of the public API."""
+import pytest
+import torch
+
+import hfkernels as hk
+from hfkernels.backends import BackendUnavailableError, select
+
+
+def ins(b=1, c=3, h=8, w=9, cir=1, dtype=torch.float32):
+    return torch.rand(b, c, h, w, dtype=dtype), torch.rand(b, cir, h, w, dtype=dtype), torch.rand(b, 1, h, w, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "mutate,exc,match",
+    [
+        (lambda v, i, m: (v[0], i, m), ValueError, "vis must have shape"),
+        (lambda v, i, m: (v, i[0, 0], m), ValueError, "ir must have shape"),
+        (lambda v, i, m: (v, i, m[:, :, None]), ValueError, "mu must have shape"),
+        (lambda v, i, m: (v, i[:, :, :4], m), ValueError, "ir has spatial size"),
+        (lambda v, i, m: (v, i, m[..., :5]), ValueError, "mu has spatial size"),
+        (lambda v, i, m: (v, torch.cat([i, i]), m), ValueError, "ir has batch size"),
+        (lambda v, i, m: (v, torch.cat([i, i], 1), m), ValueError, "ir must have 1 or 3 channels"),
+        (lambda v, i, m: (v, i, torch.cat([m, m], 1)), ValueError, "mu must have 1 channel"),
+        (lambda v, i, m: ((v * 255).to(torch.uint8), i, m), TypeError, "vis must be a floating-point"),
+        (lambda v, i, m: (v, i.double(), m), TypeError, "ir has dtype"),
+        (lambda v, i, m: (v, i, m.half()), TypeError, "mu has dtype"),
+        (lambda v, i, m: (v.numpy(), i, m), TypeError, "vis must be a torch.Tensor"),
+        (lambda v, i, m: (v, i, m[:0]), ValueError, "mu must not be empty"),
+        (lambda v, i, m: (v, i, torch.rand(1, 1, 8, 9, device="meta")), ValueError, "mu is on meta"),
+    ],
+)
+def test_fuse_argument_errors(mutate, exc, match):
+    with pytest.raises(exc, match=match):
+        hk.fuse(*mutate(*ins()))
+
+
+@pytest.mark.parametrize("levels,exc", [(0, ValueError), (-1, ValueError), (2.0, TypeError), (True, TypeError), ("4", TypeError)])
+def test_levels_errors(levels, exc):
+    with pytest.raises(exc, match="levels"):
+        hk.fuse(*ins(), levels=levels)
+    with pytest.raises(exc, match="levels"):
+        hk.laplacian_pyramid(ins()[0], levels)
+
+
+def test_check_mu_range_and_nan():
+    v, i, m = ins()
+    hk.fuse(v, i, m, check=True)
+    with pytest.raises(ValueError, match=r"mu must lie in \[0, 1\]"):
+        hk.fuse(v, i, m + 1.5, check=True)
+    m2 = m.clone()
+    m2[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="mu contains NaN"):
+        hk.fuse(v, i, m2, check=True)
+    # unchecked, NaN propagates (documented) instead of raising
+    assert torch.isnan(hk.fuse(v, i, m2)).any()
+    # unchecked, mu outside [0,1] extrapolates linearly
+    torch.testing.assert_close(hk.fuse(v, i, torch.full_like(m, 2.0)), 2 * i.expand_as(v) - v, atol=1e-5, rtol=1e-5)
+
+
+def test_backend_argument():
+    v, i, m = ins()
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        hk.fuse(v, i, m, backend="nope")
+    with pytest.raises(BackendUnavailableError, match="'cuda' cannot run on cpu"):
+        hk.fuse(v, i, m, backend="cuda")
+    with pytest.raises(TypeError, match="backend must be a string"):
+        hk.fuse(v, i, m, backend=3)
+    torch.testing.assert_close(hk.fuse(v, i, m, backend="torch"), hk.fuse(v, i, m))
+
+
+def test_env_var_selects_backend(monkeypatch):
+    v, i, m = ins()
+    monkeypatch.setenv("HFK_BACKEND", "cuda")
+    with pytest.raises(BackendUnavailableError, match="HFK_BACKEND='cuda'"):
+        hk.fuse(v, i, m)
+    monkeypatch.setenv("HFK_BACKEND", "torch")
+    assert select("fuse", "cpu", torch.float32)[0] == "torch"
+    # an explicit argument wins over the environment
+    monkeypatch.setenv("HFK_BACKEND", "cuda")
+    hk.fuse(v, i, m, backend="torch")
+
+
+def test_available_backends_and_status():
+    names = hk.available_backends("cpu")
+    assert "torch" in names and "cuda" not in names
+    status = hk.backend_status("cpu")
+    assert set(status) == {"triton", "cuda", "cpu", "torch"}
+    for name, (ok, why) in status.items():
+        assert isinstance(why, str) and why, name
+        assert ok == (name in names)
+
+
+def test_automatic_choice_prefers_kernels_on_cpu():
+    name, _ = select("fuse", "cpu", torch.float32)
+    assert name == ("cpu" if "fuse" in hk.backends.get_backend("cpu").ops and "cpu" in hk.available_backends("cpu") else "torch")
+    # half precision on CPU: only the reference accepts it, so it is chosen
+    assert select("fuse", "cpu", torch.float16)[0] in ("torch",)
+
+
+def test_unsupported_dtype_for_named_backend():
+    if "cpu" not in hk.available_backends("cpu") or "fuse" not in hk.backends.get_backend("cpu").ops:
+        pytest.skip("the C++ extension is not built")
+    with pytest.raises(TypeError, match="does not support dtype torch.float16"):
+        hk.fuse(*ins(dtype=torch.float16), backend="cpu")
+
+
+def test_reconstruct_errors():
+    x = torch.rand(1, 1, 9, 9)
+    pyr = hk.laplacian_pyramid(x, 2)
+    with pytest.raises(TypeError, match="list of at least 2"):
+        hk.reconstruct(x)
+    with pytest.raises(ValueError, match=r"pyr\[1\] has shape"):
+        hk.reconstruct([pyr[0], pyr[2], pyr[2]])
+
+
+def test_fuse_color_errors_and_ir_luma():
+    v, i, m = ins(c=3, cir=3)
+    with pytest.raises(ValueError, match="vis_rgb must have 1 or 3 channels"):
+        hk.fuse_color(torch.rand(1, 2, 8, 9), i, m)
+    # a colourless visible image and mu = 1: the output is the infrared luma on every channel
+    out = hk.fuse_color(v[:, :1].expand(-1, 3, -1, -1), i, torch.ones_like(m))
+    torch.testing.assert_close(out, hk.reference.luma(i).expand(-1, 3, -1, -1), atol=1e-5, rtol=0)
+
+
+def test_lazy_exports():
+    assert hk.reference is not None
+    with pytest.raises(AttributeError):
+        hk.does_not_exist
