@@ -64,7 +64,7 @@ def test_levels(backend, device, levels):
 def test_non_contiguous_inputs(backend, device):
     vis, ir, mu = _inputs((2, 3, 20, 26), 1, torch.float32, device)
     vis_nc = vis.transpose(-1, -2).contiguous().transpose(-1, -2)  # channels-last-like strides
-    ir_nc = torch.cat([ir, ir], dim=-1)[..., ::2]
+    ir_nc = torch.stack([ir, ir], dim=-1)[..., 0]  # same values, strided
     mu_nc = mu.expand(2, 1, 20, 26)[:, :, :, :]
     mu_nc = torch.cat([mu_nc, mu_nc], dim=1)[:, :1]
     assert not vis_nc.is_contiguous() and not ir_nc.is_contiguous()
@@ -93,7 +93,10 @@ def test_gradients_match_reference(backend, device, shape, cir):
 def test_gradcheck_float64(backend, device):
     vis, ir, mu = _inputs((1, 2, 7, 6), 1, torch.float64, device, seed=3)
     ins = tuple(t.requires_grad_() for t in (vis, ir, mu))
-    assert torch.autograd.gradcheck(lambda a, b, m: hk.fuse(a, b, m, 2, backend=backend), ins)
+    # the Triton interpreter costs ~0.1 s a call: check one random projection instead of the
+    # full Jacobian there (the reference-gradient tests above cover every entry)
+    fast = backend == "triton" and device == "cpu"
+    assert torch.autograd.gradcheck(lambda a, b, m: hk.fuse(a, b, m, 2, backend=backend), ins, fast_mode=fast)
 
 
 @pytest.mark.parametrize("backend,device", FUSE)

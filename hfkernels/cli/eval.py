@@ -1,6 +1,316 @@
-"""`hfkernels eval` (placeholder until its issue lands)."""
+"""``hfkernels eval``: the fusion metrics over a folder of image pairs, and the paper's baseline table.
+
+Examples::
+
+    hfkernels eval --vis DATA/vi --ir DATA/ir --fused OUT --json m.json --csv m.csv
+    hfkernels eval --data ../shared/data/TNO --method laplacian --metrics EN,MI,VIF,Qabf,SSIM,SD
+    hfkernels eval --data ../shared/data/TNO --checkpoint runs/msrs
+    hfkernels eval --data ../shared/data/TNO --baselines      # the paper's baseline rows, as a table
+
+Images: the visible image is decoded as RGB (a gray file becomes 3 equal channels), the infrared
+image as 8-bit gray, and a fused file as it is stored (1 or 3 channels); all in [0, 1]. That is the
+decoding the published reference values use.
+
+Fusions computed on the fly (``--method`` / ``--checkpoint``; in float, not rounded to 8 bits):
+
+- ``vis`` / ``ir``: the visible / infrared image itself as the fused image;
+- ``laplacian``: the paper's Laplacian baseline, ``fuse(vis_rgb, ir, w)`` on all three RGB
+  channels with ``w`` the heuristic guidance, clamped to [0, 1];
+- ``blend``: the paper's heuristic per-pixel blend ``(1 - w) vis + w ir``;
+- ``heuristic``, a constant ``c`` in [0, 1], or ``--checkpoint RUN``: the colour path of
+  ``hfkernels fuse`` (``fuse_color``: fuse the luma, keep the chroma) with that guidance, so the
+  numbers are those of ``hfkernels fuse --mu ...`` without the 8-bit rounding of the written file.
+
+``--baselines`` evaluates vis, ir, laplacian, blend and the Laplacian fusion with mu = 0.5 (on
+RGB channels) and prints the mean of each metric as a table — the rows the paper's tables list.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from . import CLIError
+
+METHODS = ("vis", "ir", "laplacian", "blend", "heuristic")
+#: (row label, fusion spec) of the baseline table
+BASELINES = (
+    ("visible as fused", "vis"),
+    ("infrared as fused", "ir"),
+    ("Laplacian, heuristic guidance", "laplacian"),
+    ("heuristic per-pixel blend", "blend"),
+    ("Laplacian, mu = 0.5", "laplacian:0.5"),
+)
 
 
 def register(sub):
-    p = sub.add_parser("eval", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: print("hfkernels eval: not implemented yet") or 1)
+    p = sub.add_parser(
+        "eval", help="fusion metrics over a folder of image pairs (or the paper's baseline table)",
+        description="Compute EN, MI, VIF, Qabf, SSIM, SD, SF, AG, SCD, CC, PSNR, MSE, Nabf for every "
+                    "pair of a dataset, with per-image rows and the mean.",
+    )
+    p.add_argument("--data", metavar="DIR", help="dataset folder holding vi/ and ir/ (instead of --vis/--ir)")
+    p.add_argument("--vis", metavar="DIR", help="visible images (first source): folder or one file")
+    p.add_argument("--ir", metavar="DIR", help="infrared images (second source): folder or one file")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--fused", metavar="DIR", help="fused images to score: folder (matched by name) or one file")
+    g.add_argument("--method", metavar="M",
+                   help="fuse on the fly: vis | ir | laplacian | blend | heuristic | a constant mu in [0,1]")
+    g.add_argument("--checkpoint", metavar="RUN", help="fuse on the fly with a trained run's guidance")
+    g.add_argument("--baselines", action="store_true", help="print the paper's baseline rows as a table")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated subset (default: all; with --baselines: EN,MI,VIF,Qabf,SSIM,SD)")
+    p.add_argument("--protocol", choices=("paper", "standard"), default="paper",
+                   help="paper: the published protocol, quirks included (default); standard: textbook")
+    p.add_argument("--json", metavar="FILE", help="write per-image values and means as JSON")
+    p.add_argument("--csv", metavar="FILE", help="write per-image values and the mean as CSV")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    p.add_argument("--backend", default=None, help="fusion backend for on-the-fly fusions")
+    p.add_argument("--levels", type=int, default=4, help="pyramid levels of on-the-fly fusions")
+    p.add_argument("--quiet", action="store_true", help="no per-image rows on the terminal")
+    p.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------------------------
+# pairs
+
+
+def _sources(args) -> tuple[Path, Path]:
+    if args.data:
+        if args.vis or args.ir:
+            raise CLIError("give either --data or --vis/--ir, not both")
+        d = Path(args.data)
+        if not d.is_dir():
+            raise CLIError(f"--data {d} is not a folder")
+        for vi, ir in (("vi", "ir"), ("test/vi", "test/ir")):
+            if (d / vi).is_dir() and (d / ir).is_dir():
+                return d / vi, d / ir
+        raise CLIError(f"--data {d} holds no vi/ and ir/ folders (nor test/vi, test/ir)")
+    if not args.vis or not args.ir:
+        raise CLIError("give --vis and --ir (or --data DIR holding vi/ and ir/)")
+    vis, ir = Path(args.vis), Path(args.ir)
+    for name, p in (("--vis", vis), ("--ir", ir)):
+        if not p.exists():
+            raise CLIError(f"{name} {p} does not exist")
+    if vis.is_dir() != ir.is_dir():
+        raise CLIError("--vis and --ir must both be folders or both be files")
+    return vis, ir
+
+
+def collect_jobs(vis: Path, ir: Path, fused: Path | None):
+    """[(name, vis_path, ir_path, fused_path | None)]; every unmatched file is an error."""
+    from ..io import describe_unmatched, match_pairs
+
+    if vis.is_file():
+        if fused is not None and not fused.is_file():
+            raise CLIError(f"--fused {fused} must be a file when --vis and --ir are files")
+        return [(vis.name, vis, ir, fused)]
+    res = match_pairs(vis, ir, strict=False)
+    problems = [describe_unmatched(vis, ir, res)] if (res.only_a or res.only_b) else []
+    fused_of = {}
+    if fused is not None:
+        if not fused.is_dir():
+            raise CLIError(f"--fused {fused} must be a folder when --vis and --ir are folders")
+        rf = match_pairs(vis, fused, strict=False)
+        fused_of = dict(rf.pairs)
+        if rf.only_a or rf.only_b:
+            problems.append(describe_unmatched(vis, fused, rf))
+    if problems:
+        raise CLIError("\n".join(problems))
+    return [(a.name, a, b, fused_of.get(a)) for a, b in res.pairs]
+
+
+# --------------------------------------------------------------------------------------------
+# fusions
+
+
+def make_fusion(spec: str, args, device):
+    """``f(vis (1,3,H,W), ir (1,1,H,W)) -> fused`` for a method name, a constant, 'laplacian:c',
+    or the checkpoint in ``args``."""
+    import hfkernels
+
+    levels, backend = args.levels, args.backend
+    if spec == "vis":
+        return lambda vis, ir: vis
+    if spec == "ir":
+        return lambda vis, ir: ir
+    if spec == "laplacian":
+        return lambda vis, ir: hfkernels.fuse(
+            vis, ir, hfkernels.heuristic_guidance(vis, ir), levels, backend=backend).clamp(0, 1)
+    if spec.startswith("laplacian:"):
+        c = float(spec.split(":", 1)[1])
+        return lambda vis, ir: hfkernels.fuse(vis, ir, torch.full_like(ir, c), levels, backend=backend).clamp(0, 1)
+    if spec == "blend":
+        return lambda vis, ir: hfkernels.heuristic_blend(vis, ir).clamp(0, 1)
+    # heuristic, a constant, or a checkpoint: the colour path of `hfkernels fuse`
+    from .fuse import guidance_fn
+
+    mu_fn = guidance_fn(argparse.Namespace(checkpoint=args.checkpoint, mu=spec), device)
+
+    def colour(vis, ir):
+        return hfkernels.fuse_color(vis, ir, mu_fn(vis, ir).clamp(0, 1), levels, backend=backend)
+
+    return colour
+
+
+def _check_method(spec: str) -> str:
+    if spec in METHODS:
+        return spec
+    try:
+        c = float(spec)
+    except ValueError:
+        raise CLIError(f"--method must be one of {', '.join(METHODS)} or a constant in [0, 1], got {spec!r}") from None
+    if not 0.0 <= c <= 1.0:
+        raise CLIError(f"--method constant must lie in [0, 1], got {c}")
+    return spec
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+
+
+def _size(t):
+    return f"{t.shape[-1]}x{t.shape[-2]}"
+
+
+def evaluate_jobs(jobs, fusions: dict, names, protocol: str, device, desc: str = "eval"):
+    """Score every pair under every fusion.
+
+    Args:
+        jobs: from :func:`collect_jobs`.
+        fusions: label -> fusion callable, or None to read the job's fused file.
+    Returns:
+        {label: {image name: {metric: float}}}. Raises CLIError listing every unreadable file
+        and every pair whose sizes disagree (after trying all pairs).
+    """
+    from tqdm import tqdm
+
+    from ..io import read_image
+    from ..metrics import evaluate
+
+    out = {label: {} for label in fusions}
+    problems = []
+    for name, vp, ip, fp in tqdm(jobs, desc=desc, unit="pair", disable=len(jobs) < 2):
+        try:
+            vis = read_image(vp, "rgb")[None]
+            ir = read_image(ip, "gray")[None]
+            fused_file = read_image(fp, "keep")[None] if fp is not None else None
+        except ValueError as e:
+            problems.append(str(e))
+            continue
+        sizes = [("vis", vp, vis), ("ir", ip, ir)] + ([("fused", fp, fused_file)] if fp is not None else [])
+        if len({tuple(t.shape[-2:]) for _, _, t in sizes}) > 1:
+            problems.append("sizes disagree: " + ", ".join(f"{k} {p} is {_size(t)}" for k, p, t in sizes))
+            continue
+        vis, ir = vis.to(device), ir.to(device)
+        for label, fn in fusions.items():
+            with torch.no_grad():
+                fused = fused_file.to(device) if fn is None else fn(vis, ir)
+                try:
+                    vals = evaluate(vis, ir, fused, names, protocol)
+                except ValueError as e:
+                    problems.append(f"{name}: {e}")
+                    break
+            out[label][name] = {k: float(v[0]) for k, v in vals.items()}
+    if problems:
+        raise CLIError(
+            f"{len(problems)} of {len(jobs)} pair(s) could not be evaluated (no results written):\n  "
+            + "\n  ".join(problems)
+        )
+    return out
+
+
+def means(rows: dict) -> dict:
+    """{image: {metric: v}} -> {metric: mean over images}."""
+    names = next(iter(rows.values())).keys() if rows else []
+    return {m: math.fsum(r[m] for r in rows.values()) / len(rows) for m in names}
+
+
+def format_table(rows: dict, names, first: str = "image") -> str:
+    """Fixed-width text table of {row label: {metric: value}}."""
+    w0 = max([len(first)] + [len(k) for k in rows])
+    cols = [max(len(m), 9) for m in names]
+    lines = [f"{first:<{w0}}  " + "  ".join(f"{m:>{c}}" for m, c in zip(names, cols))]
+    for label, r in rows.items():
+        lines.append(f"{label:<{w0}}  " + "  ".join(f"{r[m]:>{c}.4f}" for m, c in zip(names, cols)))
+    return "\n".join(lines)
+
+
+def write_json(path, rows, mean, names, protocol, source):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump({"protocol": protocol, "source": source, "metrics": list(names),
+                   "per_image": rows, "mean": mean}, fh, indent=1)
+
+
+def write_csv(path, rows, mean, names):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", *names])
+        for name, r in rows.items():
+            w.writerow([name, *(repr(r[m]) for m in names)])
+        w.writerow(["mean", *(repr(mean[m]) for m in names)])
+
+
+def run(args) -> int:
+    from ..metrics import PAPER_METRICS, check_names
+
+    try:
+        names = check_names(args.metrics if args.metrics else (PAPER_METRICS if args.baselines else None))
+    except ValueError as e:
+        raise CLIError(f"--metrics: {e}") from None
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    vis, ir = _sources(args)
+    fused = Path(args.fused) if args.fused else None
+    if fused is not None and not fused.exists():
+        raise CLIError(f"--fused {fused} does not exist")
+    jobs = collect_jobs(vis, ir, fused)
+
+    if args.baselines:
+        fusions = {label: make_fusion(spec, args, device) for label, spec in BASELINES}
+        res = evaluate_jobs(jobs, fusions, names, args.protocol, device, desc="baselines")
+        table = {label: means(rows) for label, rows in res.items()}
+        print(f"{vis.parent if vis.is_dir() else vis}: {len(jobs)} pair(s), protocol {args.protocol!r}, mean per fusion")
+        print(format_table(table, names, first="fusion"))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            with open(args.json, "w") as fh:
+                json.dump({"protocol": args.protocol, "metrics": list(names), "pairs": len(jobs),
+                           "mean": table, "per_image": res}, fh, indent=1)
+        if args.csv:
+            _baseline_csv(args.csv, table, names)
+        return 0
+
+    if fused is not None:
+        source, fusions = str(fused), {"fused": None}
+    elif args.checkpoint:
+        source = f"checkpoint {args.checkpoint}"
+        fusions = {"fused": make_fusion("heuristic", args, device)}
+    else:
+        spec = _check_method(args.method)
+        source, fusions = f"method {spec}", {"fused": make_fusion(spec, args, device)}
+    rows = evaluate_jobs(jobs, fusions, names, args.protocol, device)["fused"]
+    mean = means(rows)
+    if not args.quiet:
+        print(format_table({**rows, "mean": mean}, names))
+    else:
+        print(format_table({"mean": mean}, names))
+    if args.json:
+        write_json(args.json, rows, mean, names, args.protocol, source)
+    if args.csv:
+        write_csv(args.csv, rows, mean, names)
+    return 0
+
+
+def _baseline_csv(path, table, names):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["fusion", *names])
+        for label, r in table.items():
+            w.writerow([label, *(repr(r[m]) for m in names)])

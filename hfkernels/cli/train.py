@@ -1,6 +1,109 @@
-"""`hfkernels train` (placeholder until its issue lands)."""
+"""``hfkernels train``: train the guidance U-Net on folders of image pairs (or, with no data given,
+on a built-in set of generated scenes) and write a run folder.
+
+Examples::
+
+    hfkernels train                                   # tiny preset, generated scenes, runs/default
+    hfkernels train --data ../shared/data/MSRS --data ../shared/data/RoadScene \\
+        --test ../shared/data/MSRS --test ../shared/data/Harvard --epochs 2 --preset paper \\
+        --batch-size 16 --out runs/msrs
+    hfkernels train --out runs/msrs --resume --epochs 4   # continue (saved settings reused)
+    torchrun --nproc_per_node=2 -m hfkernels train ...    # DistributedDataParallel
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import CLIError
 
 
 def register(sub):
-    p = sub.add_parser("train", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: print("hfkernels train: not implemented yet") or 1)
+    p = sub.add_parser(
+        "train", help="train the guidance network (no arguments: a quick built-in demo run)",
+        description="Train the guidance U-Net. With no --data, trains on generated visible/infrared "
+                    "scenes (nothing downloaded). Data folders: DIR/vi + DIR/ir (RoadScene, TNO), "
+                    "MSRS (DIR/train|test/vi+ir), Harvard (DIR/{CT,PET,SPECT}-MRI), or 'VIS_DIR,IR_DIR'.",
+    )
+    p.add_argument("--data", action="append", metavar="DIR", help="training folder (repeatable)")
+    p.add_argument("--test", action="append", metavar="DIR", help="evaluation folder after each epoch (repeatable)")
+    p.add_argument("--epochs", type=int, help="total number of epochs (default 2 with --data, 4 for the demo)")
+    p.add_argument("--preset", choices=("tiny", "small", "paper"), help="network size (default tiny)")
+    p.add_argument("--batch-size", type=int, help="images per batch and process (default 8)")
+    p.add_argument("--max-size", type=int, help="downscale images whose longer side exceeds this (aspect kept)")
+    p.add_argument("--device", help="cpu | cuda (default: cuda if available)")
+    p.add_argument("--accum", type=int, help="batches per optimizer step (gradient accumulation, default 1)")
+    p.add_argument("--seed", type=int, help="seed for the initial weights and the batch order (default 0)")
+    p.add_argument("--out", help="run folder (default runs/default)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4 with --data, 1e-3 for the demo)")
+    p.add_argument("--levels", type=int, help="pyramid levels of the fusion (default 4)")
+    p.add_argument("--backend", help="kernel backend for fusion and loss (default: best available)")
+    p.add_argument("--metrics", help="comma-separated metric names for the evaluation (default: the suite's)")
+    p.add_argument("--eval-limit", type=int, help="evaluate at most this many pairs per test set")
+    p.add_argument("--sheet-pairs", type=int, help="pairs on each epoch's contact sheet (default 4)")
+    p.add_argument("--synthetic-pairs", type=int, help="generated training pairs when no --data (default 48)")
+    p.add_argument("--synthetic-size", help="HxW of generated pairs (default 96x128)")
+    p.add_argument("--cache", choices=("auto", "yes", "no"), help="keep decoded images as uint8 on the device")
+    p.add_argument("--workers", type=int, help="decoding processes when not cached (default 0)")
+    p.add_argument("--bn-batches", type=int,
+                   help="batches that re-estimate BatchNorm statistics after each epoch (default 16, 0: off)")
+    p.add_argument("--no-baseline", action="store_true", help="skip evaluating the heuristic guidance once")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+# CLI option -> TrainConfig field, for options whose value is used as given
+_DIRECT = {"epochs": "epochs", "preset": "preset", "batch_size": "batch_size", "max_size": "max_size",
+           "device": "device", "accum": "accum", "seed": "seed", "lr": "lr", "levels": "levels",
+           "backend": "backend", "eval_limit": "eval_limit", "sheet_pairs": "sheet_pairs",
+           "synthetic_pairs": "synthetic_pairs", "workers": "num_workers", "bn_batches": "bn_batches"}
+
+
+def config_from_args(args):
+    """``(TrainConfig, resume, overwrite)`` from parsed arguments. With ``--resume`` the settings
+    saved in RUN/config.json are the starting point and only options given now change them."""
+    from ..checkpoint import CONFIG_JSON, read_json
+    from ..train import DEFAULT_OUT, TrainConfig
+
+    out = args.out or DEFAULT_OUT
+    cfg = TrainConfig()
+    saved = Path(out) / CONFIG_JSON
+    if args.resume and saved.is_file():
+        cfg = TrainConfig.from_json(read_json(saved).get("train", {}))
+    cfg.out = out
+    for opt, fld in _DIRECT.items():
+        v = getattr(args, opt)
+        if v is not None:
+            setattr(cfg, fld, v)
+    if args.data:
+        cfg.data = list(args.data)
+    if args.test:
+        cfg.test = list(args.test)
+    if args.metrics:
+        cfg.metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.synthetic_size:
+        try:
+            h, w = (int(v) for v in args.synthetic_size.lower().split("x"))
+        except ValueError:
+            raise CLIError(f"--synthetic-size must look like 96x128, got {args.synthetic_size!r}") from None
+        cfg.synthetic_size = (h, w)
+    if args.cache:
+        cfg.cache = {"auto": "auto", "yes": True, "no": False}[args.cache]
+    if args.no_baseline:
+        cfg.baseline = False
+    # the default run folder is a scratch area: a new default run replaces the old one
+    overwrite = args.overwrite or (args.out is None and not args.resume)
+    return cfg, args.resume, overwrite
+
+
+def run(args) -> int:
+    from ..data import DataError
+    from ..train import train
+
+    cfg, resume, overwrite = config_from_args(args)
+    try:
+        train(cfg, resume=resume, overwrite=overwrite, progress=not args.no_progress)
+    except DataError as e:
+        raise CLIError(str(e)) from None
+    return 0

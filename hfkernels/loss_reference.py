@@ -1,0 +1,176 @@
+"""Plain PyTorch transcription of the paper's released training loss: the oracle for the loss ops.
+
+Written for clarity, not speed: SSIM filters with a dense 2-D Gaussian window (five grouped
+``conv2d`` calls, as the released code does), Sobel and the elementwise terms are spelled out.
+See DESIGN.md, "Training loss". Everything is differentiable through autograd, so the gradients
+here are the ones every backend must reproduce.
+
+Two places where this file pins down what the released code leaves to floating point (both are
+no-ops in exact arithmetic, so the values are the released ones):
+
+- SSIM variances are clamped at 0 and the covariance to ``[-(s1+s2)/2, (s1+s2)/2]`` (a bound
+  that Cauchy-Schwarz and AM-GM guarantee exactly). Rounding can make ``E[x^2] - mu^2`` slightly
+  negative; with the clamps a constant image compared with itself gives exactly 1 and no NaN.
+- Sobel responses are evaluated in one fixed order, ``(d_top + 2 d_mid) + d_bottom`` with
+  ``d = right - left`` (and the transposed form for y), instead of a convolution whose
+  accumulation order depends on the library. The gradient-max term has kinks where
+  ``|Sobel a| == |Sobel b|`` or ``|Sobel f|`` equals their max; a fixed order makes every
+  backend see the same ties (a flat region gives exactly 0), so gradients agree exactly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .reference import LUMA, gaussian_taps
+
+_CB = (-0.168736, -0.331264, 0.5)
+_CR = (0.5, -0.418688, -0.081312)
+
+
+def released_data_range(x: torch.Tensor) -> float:
+    """The released rule for L: 255 if max(x) > 128 else 1, minus -1 if min(x) < -0.5 else 0."""
+    max_val = 255.0 if float(x.detach().max()) > 128 else 1.0
+    min_val = -1.0 if float(x.detach().min()) < -0.5 else 0.0
+    return max_val - min_val
+
+
+def gaussian_window(size: int, sigma: float, channels: int, dtype, device) -> torch.Tensor:
+    """Dense (channels, 1, size, size) window: outer product of :func:`gaussian_taps`."""
+    t = gaussian_taps(size, sigma)
+    return torch.outer(t, t).to(dtype=dtype, device=device).expand(channels, 1, size, size).contiguous()
+
+
+def same_padding(window_size: int) -> tuple[int, int, int, int]:
+    """``F.pad`` amounts for "same" SSIM: the centre tap ``w//2`` sits on the output pixel, so an
+    even window gets one more row/column of zeros before than after."""
+    before = window_size // 2
+    after = window_size - 1 - before
+    return (before, after, before, after)
+
+
+def ssim_map(x, y, window_size=11, sigma=1.5, data_range=1.0, padding="valid") -> torch.Tensor:
+    """Per-pixel SSIM map of x, y (B,C,H,W) -> (B,C,H',W') with the dense 2-D window.
+
+    The window is shrunk to ``min(window_size, H, W)``; ``data_range=None`` applies
+    :func:`released_data_range` to ``x``; ``padding`` "valid" (H' = H - w + 1) or "same"
+    (zero padding, H' = H).
+    """
+    _, c, h, w_ = x.shape
+    w = min(window_size, h, w_)
+    L = released_data_range(x) if data_range is None else float(data_range)
+    win = gaussian_window(w, sigma, c, x.dtype, x.device)
+    if padding == "same":
+        pad = same_padding(w)
+        x, y = F.pad(x, pad), F.pad(y, pad)
+
+    def filt(t):
+        return F.conv2d(t, win, groups=c)
+
+    mu1, mu2 = filt(x), filt(y)
+    mu1_sq, mu2_sq, mu1_mu2 = mu1 * mu1, mu2 * mu2, mu1 * mu2
+    sigma1_sq = (filt(x * x) - mu1_sq).clamp_min(0)
+    sigma2_sq = (filt(y * y) - mu2_sq).clamp_min(0)
+    bound = 0.5 * (sigma1_sq + sigma2_sq)
+    sigma12 = torch.clamp(filt(x * y) - mu1_mu2, -bound, bound)
+    c1 = (0.01 * L) ** 2
+    c2 = (0.03 * L) ** 2
+    v1 = 2.0 * sigma12 + c2
+    v2 = sigma1_sq + sigma2_sq + c2
+    return ((2 * mu1_mu2 + c1) * v1) / ((mu1_sq + mu2_sq + c1) * v2)
+
+
+def ssim_per_image(x, y, window_size=11, sigma=1.5, data_range=1.0, padding="valid") -> torch.Tensor:
+    """Mean SSIM of each image over channels and positions, shape (B,)."""
+    return ssim_map(x, y, window_size, sigma, data_range, padding).flatten(1).mean(1)
+
+
+def ssim(x, y, window_size=11, sigma=1.5, data_range=1.0, padding="valid") -> torch.Tensor:
+    """Mean SSIM over everything (the released ``ssim(...)`` with ``size_average=True``)."""
+    return ssim_map(x, y, window_size, sigma, data_range, padding).mean()
+
+
+def ssim_loss(x, y, window_size=11, sigma=1.5, data_range=1.0, padding="valid") -> torch.Tensor:
+    return 1.0 - ssim(x, y, window_size, sigma, data_range, padding)
+
+
+def sobel_replicate(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sobel (gx, gy) of x (B,C,H,W) with replicate padding, same size, in the fixed order
+    ``gx = (d[i-1] + 2 d[i]) + d[i+1]`` with ``d[r] = p[r, j+1] - p[r, j-1]`` (gy transposed).
+
+    Equal to cross-correlation with ``[[-1,0,1],[-2,0,2],[-1,0,1]]`` (and its transpose).
+    """
+    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    d = p[..., :, 2:] - p[..., :, :-2]  # (.., H+2, W)
+    gx = (d[..., :-2, :] + 2 * d[..., 1:-1, :]) + d[..., 2:, :]
+    e = p[..., 2:, :] - p[..., :-2, :]  # (.., H, W+2)
+    gy = (e[..., :, :-2] + 2 * e[..., :, 1:-1]) + e[..., :, 2:]
+    return gx, gy
+
+
+def gradient_max(a, b, f) -> torch.Tensor:
+    """``mean(| |Sx f| - max(|Sx a|, |Sx b|) |) + mean(| |Sy f| - max(|Sy a|, |Sy b|) |)``."""
+    ax, ay = sobel_replicate(a)
+    bx, by = sobel_replicate(b)
+    fx, fy = sobel_replicate(f)
+    lx = F.l1_loss(fx.abs(), torch.maximum(ax.abs(), bx.abs()))
+    ly = F.l1_loss(fy.abs(), torch.maximum(ay.abs(), by.abs()))
+    return lx + ly
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """(B,3,H,W) -> (B,1,H,W), BT.601 weights."""
+    return LUMA[0] * x[:, 0:1] + LUMA[1] * x[:, 1:2] + LUMA[2] * x[:, 2:3]
+
+
+def chroma(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Cb, Cr) of a (B,3,H,W) image without the 0.5 offset, each (B,1,H,W)."""
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    cb = _CB[0] * r + _CB[1] * g + _CB[2] * b
+    cr = _CR[0] * r + _CR[1] * g + _CR[2] * b
+    return cb, cr
+
+
+def fusion_loss(
+    vis, ir, fused, max_w=10.0, consist_w=2.0, grad_w=40.0, ssim_w=1.0, ssim_ir_w=1.0,
+    ir_compose=2.0, color_w=2.0, window_size=48,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The released loss before the 0.1 training scale: ``(total, weighted terms)``.
+
+    vis (B,3,H,W), ir (B,1|3,H,W) (1 channel is repeated to 3), fused (B,3,H,W), all in [-1,1].
+    Terms: "max", "consist", "grad", "ssim", "color", each already multiplied by its weight.
+    The colour term is ``L1(Cb_A, Cb_F) + L1(Cr_A, Cr_F)``.
+    """
+    A, F_ = vis, fused
+    B = ir.repeat(1, 3, 1, 1) if ir.shape[1] == 1 else ir
+    gA, gB, gF = luma(A), luma(B), luma(F_)
+
+    ssim_term = ssim_loss(A, F_, window_size, 1.5, None) + ssim_ir_w * ssim_loss(gB, gF, window_size, 1.5, None)
+
+    use_b = B.mean(1, keepdim=True) > A.mean(1, keepdim=True)
+    target = torch.where(use_b, B, A)
+    max_term = F.l1_loss(F_, target)
+
+    consist = (F.l1_loss(gF, gA) + ir_compose * F.l1_loss(gF, gB)) / 2
+
+    cbA, crA = chroma(A)
+    cbF, crF = chroma(F_)
+    color = F.l1_loss(cbF, cbA) + F.l1_loss(crF, crA)
+
+    grad = gradient_max(gA, gB, gF)
+
+    terms = {
+        "max": max_w * max_term,
+        "consist": consist_w * consist,
+        "grad": grad_w * grad,
+        "ssim": ssim_w * ssim_term,
+        "color": color_w * color,
+    }
+    total = terms["max"] + terms["consist"] + terms["grad"] + terms["ssim"] + terms["color"]
+    return total, terms
+
+
+__all__ = [
+    "released_data_range", "gaussian_window", "same_padding", "ssim_map", "ssim_per_image", "ssim",
+    "ssim_loss", "sobel_replicate", "gradient_max", "luma", "chroma", "fusion_loss",
+]

@@ -1,0 +1,131 @@
+"""The image-fusion evaluation suite: EN, MI, VIF, Qabf, SSIM, SD, SF, AG, SCD, CC, PSNR, MSE, Nabf.
+
+Every metric takes a batch of visible images ``vis``, infrared images ``ir`` and fused images
+``fused``, each (B, 1|3, H, W) (or a single (C, H, W) image) with values in [0, 1], on any
+device, and returns a (B,) float64 tensor. A = vis, B = ir, F = fused.
+
+``protocol="paper"`` (default) reproduces the published evaluation protocol, quirks included
+(DESIGN.md, "Metric protocol"); ``protocol="standard"`` gives the textbook definitions. The
+differences, all documented in the module that computes each metric:
+
+=======  ===================================================  =====================================
+what     paper                                                standard
+=======  ===================================================  =====================================
+gray     floor(0.2989 R + 0.5870 G + 0.1140 B) (3-channel)    0.299 R + 0.587 G + 0.114 B, no floor
+levels   truncated (a value within 1e-4 of an integer counts  rounded to the nearest level
+         as it)
+EN       all channels of F, -sum p log2(p + 1e-7)             gray F, -sum p log2 p (non-empty bins)
+Qabf     G = gF where gA == gF                                G = 1 where gA == gF
+SSIM     constants negligible (values scaled by 255 twice)    C1 = (0.01*255)^2, C2 = (0.03*255)^2
+=======  ===================================================  =====================================
+
+Use :func:`evaluate` for several metrics at once: the preparation (scaling, gray conversion,
+levels, Sobel responses) is shared between them.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import basic, gradient, histogram, structural, vif as _vif
+from ._prep import PROTOCOLS, Prepared
+
+#: metric name -> function of a :class:`Prepared` batch, in the order tables list them
+_PREPARED = {
+    "EN": histogram.en_prepared,
+    "MI": histogram.mi_prepared,
+    "VIF": _vif.vif_prepared,
+    "Qabf": gradient.qabf_prepared,
+    "SSIM": structural.ssim_prepared,
+    "SD": basic.sd_prepared,
+    "SF": gradient.sf_prepared,
+    "AG": gradient.ag_prepared,
+    "SCD": structural.scd_prepared,
+    "CC": structural.cc_prepared,
+    "PSNR": basic.psnr_prepared,
+    "MSE": basic.mse_prepared,
+    "Nabf": gradient.nabf_prepared,
+}
+#: all metric names, in table order
+METRICS = tuple(_PREPARED)
+#: the metrics the reference tables report
+PAPER_METRICS = ("EN", "MI", "VIF", "Qabf", "SSIM", "SD")
+#: True where a larger value is better
+HIGHER_IS_BETTER = {name: name not in ("MSE", "Nabf") for name in METRICS}
+
+
+def check_names(names) -> tuple[str, ...]:
+    """Normalise ``names`` (None = all; a comma-separated string or an iterable; case-insensitive)."""
+    if names is None:
+        return METRICS
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    by_lower = {m.lower(): m for m in METRICS}
+    out = []
+    for n in names:
+        m = by_lower.get(str(n).strip().lower())
+        if m is None:
+            raise ValueError(f"unknown metric {n!r} in names; choose from {', '.join(METRICS)}")
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise ValueError("names is empty; choose from " + ", ".join(METRICS))
+    return tuple(out)
+
+
+@torch.no_grad()
+def evaluate(vis, ir, fused, names=None, protocol: str = "paper") -> dict[str, torch.Tensor]:
+    """Compute several metrics at once.
+
+    Args:
+        vis: (B, 1|3, H, W) visible images (A) in [0, 1].
+        ir: (B, 1|3, H, W) infrared images (B) in [0, 1].
+        fused: (B, 1|3, H, W) fused images (F) in [0, 1].
+        names: metric names (see :data:`METRICS`), a comma-separated string, or None for all.
+        protocol: ``"paper"`` or ``"standard"`` (see the module docstring).
+
+    Returns:
+        dict name -> (B,) float64 tensor on the inputs' device, in the order of ``names``.
+    Raises:
+        ValueError / TypeError naming the argument for bad shapes, values outside [0, 1],
+        unknown names or protocol; ValueError for images smaller than a metric's window
+        (VIF needs at least 41x41 pixels, SSIM 11x11).
+    """
+    names = check_names(names)
+    x = Prepared(vis, ir, fused, protocol)
+    return {n: _PREPARED[n](x) for n in names}
+
+
+def _single(name: str):
+    fn = _PREPARED[name]
+
+    @torch.no_grad()
+    def metric(vis, ir, fused, protocol: str = "paper") -> torch.Tensor:
+        return fn(Prepared(vis, ir, fused, protocol))
+
+    metric.__name__ = name.lower()
+    metric.__qualname__ = name.lower()
+    metric.__doc__ = (
+        f"{name} of fused images given their sources: vis, ir, fused (B, 1|3, H, W) in [0, 1]; "
+        f"returns (B,) float64. Definition: see hfkernels.metrics.{fn.__module__.rsplit('.', 1)[-1]}."
+    )
+    return metric
+
+
+en = _single("EN")
+mi = _single("MI")
+vif = _single("VIF")
+qabf = _single("Qabf")
+ssim = _single("SSIM")
+sd = _single("SD")
+sf = _single("SF")
+ag = _single("AG")
+scd = _single("SCD")
+cc = _single("CC")
+psnr = _single("PSNR")
+mse = _single("MSE")
+nabf = _single("Nabf")
+
+__all__ = [
+    "METRICS", "PAPER_METRICS", "PROTOCOLS", "HIGHER_IS_BETTER", "evaluate", "check_names",
+    "en", "mi", "vif", "qabf", "ssim", "sd", "sf", "ag", "scd", "cc", "psnr", "mse", "nabf",
+]

@@ -1,0 +1,126 @@
+"""Separable 'valid' Gaussian filtering, fast on CPUs and GPUs alike.
+
+The metrics filter many full-size maps with small Gaussian windows (VIF: 17/9/5/3 taps, SSIM: 11),
+partly in float64 where local variances ``E[x^2] - E[x]^2`` would otherwise cancel catastrophically.
+Depthwise ``conv2d`` is slow on CPUs (and very slow in float64), so each 1-D pass is a matrix
+product instead, along the *rows* of the data (the strided dimension), which needs no copy:
+
+- all maps are seen as one tall stack of rows (map m's row i is global row ``m * pitch + i``);
+  the output rows are cut into blocks of ``P``; block b reads ``K = (P - 1) * stride + n``
+  consecutive input rows, an ``as_strided`` view (blocks overlap, nothing is copied), and one
+  banded (P, K) matrix maps them to its P output rows: a single batched GEMM per pass.
+  Blocks that straddle two maps give rows nobody reads (about (n - 1) / H of the work).
+- the second pass transposes the result once (the only copy) and runs the same row pass.
+- ``stride`` > 1 computes only every stride-th output row/column (VIF's filter-then-subsample),
+  so the skipped outputs cost nothing.
+
+The result is a view in the input's logical orientation, (..., Ho, Wo), stored transposed; every
+consumer here is elementwise or a reduction, for which the memory order does not matter.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: output rows per GEMM block: small blocks waste fewer multiply-adds on the band's zeros
+_BLOCK = 16
+
+
+def matlab_gaussian(size: int, sigma: float, *, dtype=torch.float64, device=None) -> torch.Tensor:
+    """1-D taps ``t`` such that ``outer(t, t)`` is MATLAB's ``fspecial('gaussian', size, sigma)``.
+
+    fspecial zeroes the 2-D values below ``eps * max`` before normalising; for the windows the
+    metrics use (size <= 17, sigma = size / 5 or 1.5) the smallest 2-D value is >= exp(-6) of the
+    largest, so nothing is zeroed and the normalised 2-D window is exactly separable.
+    """
+    d = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    t = torch.exp(-(d * d) / (2.0 * sigma * sigma))
+    if (t.min() / t.max()) ** 2 < torch.finfo(torch.float64).eps:  # pragma: no cover - guard
+        raise ValueError(f"window {size}/{sigma} is not separable under fspecial's thresholding")
+    return (t / t.sum()).to(dtype=dtype, device=device)
+
+
+def _band(taps: torch.Tensor, block: int, stride: int) -> torch.Tensor:
+    """(block, (block - 1) * stride + n) matrix B with B[i, i * stride + k] = taps[k]."""
+    n = taps.numel()
+    b = torch.zeros(block, (block - 1) * stride + n, dtype=taps.dtype, device=taps.device)
+    i = torch.arange(block, device=taps.device)
+    for k in range(n):  # n <= 17 small scatters, independent of the image size
+        b[i, i * stride + k] = taps[k]
+    return b
+
+
+def _row_pass(x: torch.Tensor, taps: torch.Tensor, stride: int) -> torch.Tensor:
+    """Valid correlation along dim 1 of x (M, R, C), keeping every stride-th output row.
+
+    x must have strides (pitch * sR, sR, 1) with pitch % stride == 0 (rows evenly spaced across
+    maps). Returns a (M, (R - n) // stride + 1, C) view of a fresh buffer.
+    """
+    m, r, c = x.shape
+    s_map, s_row, s_col = x.stride()
+    n = taps.numel()
+    ro = (r - n) // stride + 1
+    pitch = s_map // s_row if m > 1 else r + (-r) % stride
+    out_pitch = pitch // stride  # output rows per map in the global numbering
+    total = (m - 1) * out_pitch + ro  # global output rows that must be computed
+    p = min(_BLOCK, total)
+    k = (p - 1) * stride + n
+    nb = math.ceil(total / p)
+    base = x.storage_offset()
+    in_rows = (m - 1) * pitch + r  # global input rows that exist
+    # blocks whose K input rows all exist; the last one or two may run past the end
+    nfull = min(nb, (in_rows - k) // (p * stride) + 1) if in_rows >= k else 0
+    band = _band(taps, p, stride)
+    out = x.new_empty(nb * p, c)
+    if nfull:
+        v = x.as_strided((nfull, k, c), (p * stride * s_row, s_row, 1), base)
+        torch.matmul(band, v, out=out[: nfull * p].view(nfull, p, c))
+    if nfull < nb:  # the tail: copy its few remaining rows into a zero-padded block
+        r0 = nfull * p * stride
+        need = (nb - nfull - 1) * p * stride + k
+        tail = x.new_zeros(need, c)
+        have = min(in_rows - r0, need)
+        tail[:have] = x.as_strided((have, c), (s_row, 1), base + r0 * s_row)
+        v = tail.as_strided((nb - nfull, k, c), (p * stride * c, c, 1))
+        torch.matmul(band, v, out=out[nfull * p :].view(nb - nfull, p, c))
+    return out.as_strided((m, ro, c), (out_pitch * c, c, 1))
+
+
+def _rows_ready(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """x (M, R, C) with unit column stride and map starts on row boundaries that are multiples
+    of ``stride`` (copied into such a buffer if needed)."""
+    m, r, c = x.shape
+    s_map, s_row, s_col = x.stride()
+    if s_col == 1 and (m == 1 or (s_row >= c and s_map % (s_row * stride) == 0)):
+        return x
+    buf = x.new_empty(m, r + (-r) % stride, c)
+    buf[:, :r] = x
+    return buf[:, :r]
+
+
+def filter_valid(x: torch.Tensor, taps: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """2-D 'valid' correlation of (..., H, W) with ``outer(taps, taps)``, subsampled by ``stride``.
+
+    Returns (..., (H - n) // stride + 1, (W - n) // stride + 1), i.e.
+    ``conv2d_valid(x, outer(taps, taps))[..., ::stride, ::stride]``, computed in ``x``'s dtype
+    (``taps`` is cast to it); a view, possibly not contiguous (see the module docstring).
+    Requires H, W >= n.
+    """
+    n = taps.numel()
+    h, w = x.shape[-2:]
+    if w < n or h < n:
+        raise ValueError(f"image of size {tuple(x.shape[-2:])} is smaller than the {n}x{n} window")
+    taps = taps.to(dtype=x.dtype, device=x.device)
+    lead = x.shape[:-2]
+    x3 = x.reshape(-1, h, w)
+    # filter along whichever image axis is the strided one first: no copy needed
+    transposed = x3.stride(-1) != 1 and x3.stride(-2) == 1
+    if transposed:
+        x3 = x3.transpose(1, 2)
+    y = _row_pass(_rows_ready(x3, stride), taps, stride)  # (M, R', C)
+    yt = _rows_ready(y.transpose(1, 2), stride)  # the one copy: (M, C, R')
+    z = _row_pass(yt, taps, stride)  # (M, C', R')
+    if not transposed:
+        z = z.transpose(1, 2)
+    return z.reshape(*lead, *z.shape[-2:])

@@ -1,0 +1,111 @@
+"""Gradient metrics: Qabf, Nabf (edge transfer and artifacts), AG, SF. All on gray images 0..255.
+
+Qabf (Xydeas & Petrovic): Sobel gx, gy (zero padding, same size); strength g = sqrt(gx^2 + gy^2),
+angle a = atan(gy / gx) (pi/2 where gx = 0). For a source S and the fused F:
+
+    G_SF = gF / gS if gS > gF, gS / gF if gS < gF; where gS == gF: gF (paper) or 1 (standard)
+    A_SF = 1 - |aS - aF| / (pi/2)
+    Q_SF = 0.9994 / (1 + exp(-15 (G_SF - 0.5))) * 0.9879 / (1 + exp(-22 (A_SF - 0.8)))
+    Qabf = sum(Q_AF gA + Q_BF gB) / sum(gA + gB)
+
+The paper's ``gF where equal`` is the released code's quirk (the textbook ratio is 1 there).
+
+Nabf (Kumar & Dass' modified fusion-artifact measure N_abf^m), from the same Q_SF and strengths:
+
+    Nabf = sum(AM ((1 - Q_AF) gA + (1 - Q_BF) gB)) / sum(gA + gB),  AM = [gF > gA and gF > gB]
+
+AG (average gradient), forward differences over the (H-1) x (W-1) pixels that have both:
+    AG = mean(sqrt(((F[i+1,j] - F[i,j])^2 + (F[i,j+1] - F[i,j])^2) / 2))
+SF (spatial frequency): SF = sqrt(RF^2 + CF^2), RF^2 = mean over horizontal neighbours of
+    (F[i,j+1] - F[i,j])^2, CF^2 = the same over vertical neighbours.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ._prep import Prepared
+
+_TG, _KG, _DG = 0.9994, -15.0, 0.5
+_TA, _KA, _DA = 0.9879, -22.0, 0.8
+
+
+def sobel_xy(x: torch.Tensor):
+    """Sobel gx, gy of (B, C, H, W) with zero padding; each (B, C, H, W). (Signs are irrelevant
+    to every use here: strengths and atan(gy/gx) do not change when both flip.)
+
+    Separable, by shifted slices: a 3x3 ``conv2d`` is several times slower on CPUs. Exact for
+    integer levels in float32 (all partial sums are small integers)."""
+    xp = F.pad(x, (1, 1, 1, 1))
+    dx = xp[..., :, 2:] - xp[..., :, :-2]  # (B, C, H+2, W): horizontal differences
+    sy = xp[..., :, 2:] + xp[..., :, :-2]
+    sy += 2.0 * xp[..., :, 1:-1]  # (B, C, H+2, W): horizontal [1, 2, 1]
+    gx = dx[..., :-2, :] + dx[..., 2:, :]
+    gx += 2.0 * dx[..., 1:-1, :]
+    gy = sy[..., 2:, :] - sy[..., :-2, :]
+    return gx, gy
+
+
+def strength_angle(gx: torch.Tensor, gy: torch.Tensor):
+    g = torch.hypot(gx, gy)
+    zero = gx == 0
+    a = torch.div(gy, gx.masked_fill(zero, 1.0)).atan_().masked_fill_(zero, math.pi / 2)
+    return g, a
+
+
+def edge_preservation(gs, as_, gf, af, protocol: str) -> torch.Tensor:
+    """Per-pixel Q_SF (broadcast shape of the inputs)."""
+    # min/max is the ratio of either branch; where gS == gF (both 0 included, where min/max is
+    # 0/0) the protocol's value replaces it
+    g_sf = torch.minimum(gs, gf).div_(torch.maximum(gs, gf))
+    g_sf = torch.where(gs == gf, gf if protocol == "paper" else 1.0, g_sf)
+    # _TG / (1 + exp(_KG (G - _DG))) * _TA / (1 + exp(_KA (A - _DA))), A = 1 - |aS - aF| / (pi/2)
+    qg = g_sf.sub_(_DG).mul_(_KG).exp_().add_(1.0)
+    a_sf = (as_ - af).abs_().mul_(-1.0 / (math.pi / 2)).add_(1.0 - _DA)
+    qa = a_sf.mul_(_KA).exp_().add_(1.0)
+    return qg.mul_(qa).reciprocal_().mul_(_TG * _TA)
+
+
+def _q_maps(x: Prepared):
+    if "q_maps" not in x.cache:  # shared by Qabf and Nabf
+        x.cache["q_maps"] = _compute_q_maps(x)
+    return x.cache["q_maps"]
+
+
+def _compute_q_maps(x: Prepared):
+    gx, gy = x.sobel  # (B, 3, H, W): A, B, F
+    g, a = strength_angle(gx, gy)
+    q = edge_preservation(g[:, :2], a[:, :2], g[:, 2:], a[:, 2:], x.protocol)  # (B, 2, H, W)
+    return g, q
+
+
+def qabf_prepared(x: Prepared) -> torch.Tensor:
+    g, q = _q_maps(x)
+    gs = g[:, :2]
+    return (q * gs).sum(dim=(1, 2, 3), dtype=torch.float64) / gs.sum(dim=(1, 2, 3), dtype=torch.float64)
+
+
+def nabf_prepared(x: Prepared) -> torch.Tensor:
+    g, q = _q_maps(x)
+    gs, gf = g[:, :2], g[:, 2:]
+    am = (gf > gs).all(dim=1, keepdim=True)
+    art = torch.where(am, (1.0 - q) * gs, 0.0)
+    return art.sum(dim=(1, 2, 3), dtype=torch.float64) / gs.sum(dim=(1, 2, 3), dtype=torch.float64)
+
+
+def ag_prepared(x: Prepared) -> torch.Tensor:
+    f = x.gf
+    dx = f[..., :-1, 1:] - f[..., :-1, :-1]
+    dy = f[..., 1:, :-1] - f[..., :-1, :-1]
+    return torch.sqrt((dx * dx + dy * dy) / 2.0).mean(dim=(1, 2, 3), dtype=torch.float64)
+
+
+def sf_prepared(x: Prepared) -> torch.Tensor:
+    f = x.gf
+    dx = f[..., :, 1:] - f[..., :, :-1]
+    dy = f[..., 1:, :] - f[..., :-1, :]
+    rf2 = (dx * dx).mean(dim=(1, 2, 3), dtype=torch.float64)
+    cf2 = (dy * dy).mean(dim=(1, 2, 3), dtype=torch.float64)
+    return torch.sqrt(rf2 + cf2)

@@ -1,0 +1,61 @@
+"""Histogram metrics: EN (entropy) and MI (mutual information), batched with ``bincount``.
+
+- EN(F), paper: 256-bin histogram of *all channels* of F truncated to levels 0..255,
+  ``-sum p log2(p + 1e-7)``. Standard: histogram of gray F rounded to the nearest level,
+  ``-sum p log2 p`` over non-empty bins.
+- MI = MI(gray A, gray F) + MI(gray B, gray F), each ``H(x) + H(y) - H(x, y)`` from a 256x256
+  joint histogram of the levels (truncated: paper; rounded: standard), log2, empty bins skipped.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._prep import Prepared, levels
+
+BINS = 256
+
+
+def histogram(lv: torch.Tensor, bins: int = BINS) -> torch.Tensor:
+    """Per-row histogram: (R, N) int64 levels in [0, bins) -> (R, bins) float64 counts."""
+    r = lv.shape[0]
+    off = torch.arange(r, device=lv.device, dtype=torch.int64)[:, None] * bins
+    return torch.bincount((lv + off).reshape(-1), minlength=r * bins).reshape(r, bins).double()
+
+
+def joint_histogram(x: torch.Tensor, y: torch.Tensor, bins: int = BINS) -> torch.Tensor:
+    """Per-row joint histogram of two (R, N) level tensors -> (R, bins, bins) float64 counts."""
+    return histogram(x * bins + y, bins * bins).reshape(x.shape[0], bins, bins)
+
+
+def entropy(counts: torch.Tensor, dims, eps: float | None = None) -> torch.Tensor:
+    """Shannon entropy in bits of histograms ``counts`` over ``dims``.
+
+    ``eps=None`` skips empty bins; otherwise ``-sum p log2(p + eps)`` over all bins.
+    """
+    p = counts / counts.sum(dim=dims, keepdim=True)
+    if eps is None:
+        terms = torch.where(p > 0, p * torch.log2(p.clamp_min(1e-300)), torch.zeros_like(p))
+    else:
+        terms = p * torch.log2(p + eps)
+    return -terms.sum(dim=dims)
+
+
+def en_prepared(x: Prepared) -> torch.Tensor:
+    if x.protocol == "paper":
+        lv = levels(x.f.flatten(1), "paper")
+        return entropy(histogram(lv), dims=-1, eps=1e-7)
+    return entropy(histogram(x.gray_levels[2]), dims=-1)
+
+
+def mutual_information(lx: torch.Tensor, ly: torch.Tensor) -> torch.Tensor:
+    """MI in bits between two (R, N) int64 level tensors (values 0..255) -> (R,) float64."""
+    j = joint_histogram(lx, ly)
+    return entropy(j.sum(2), -1) + entropy(j.sum(1), -1) - entropy(j, (-2, -1))
+
+
+def mi_prepared(x: Prepared) -> torch.Tensor:
+    lv = x.gray_levels  # (3, B, N)
+    src = torch.cat([lv[0], lv[1]])  # A then B, (2B, N)
+    fus = torch.cat([lv[2], lv[2]])
+    mi = mutual_information(src, fus)
+    return mi[: x.batch] + mi[x.batch :]

@@ -1,0 +1,77 @@
+"""Structural metrics: SSIM, SCD, CC (float64, on gray images 0..255).
+
+SSIM = SSIM(gray A, gray F) + SSIM(gray B, gray F), each the mean of the SSIM map over the
+'valid' region of an 11x11 Gaussian window (sigma 1.5):
+
+    ((2 mx my + C1)(2 sxy + C2)) / ((mx^2 + my^2 + C1)(sx^2 + sy^2 + C2))
+
+- paper: the released evaluation multiplies the 0..255 values by 255 once more and then uses
+  C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2; SSIM is invariant under scaling the images by s and
+  the constants by s^2, so this is computed as C1 = 0.01^2, C2 = 0.03^2 on the 0..255 values.
+- standard: the textbook constants for 8-bit data, C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2.
+
+CC = (r(A, F) + r(B, F)) / 2 and SCD = r(F - B, A) + r(F - A, B), with r the Pearson correlation
+over all pixels (Aslantas & Bendes' sum of the correlations of differences).
+"""
+from __future__ import annotations
+
+import torch
+
+from ._filters import filter_valid, matlab_gaussian
+from ._prep import Prepared
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+
+
+def ssim_constants(protocol: str):
+    if protocol == "paper":
+        return 0.01**2, 0.03**2
+    return (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+
+def ssim_pairs(maps: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
+    """Mean SSIM of A and of B against F.
+
+    Args:
+        maps: (B, 8, H, W) float64 [A, B, F, A^2, B^2, F^2, AF, BF] (``Prepared.moment_maps``),
+            H, W >= 11.
+    Returns:
+        (B, 2) float64.
+    """
+    taps = matlab_gaussian(SSIM_WINDOW, SSIM_SIGMA, dtype=maps.dtype, device=maps.device)
+    m = filter_valid(maps, taps)
+    mu, sq, cross = m[:, :3], m[:, 3:6], m[:, 6:8]
+    mx, my = mu[:, :2], mu[:, 2:]
+    mm = mu * mu
+    var = sq - mm  # sx^2, sy^2 (not clamped, as the released code)
+    sxy = torch.addcmul(cross, mx, my, value=-1.0)
+    num = (mx * my).mul_(2.0).add_(c1).mul_(sxy.mul_(2.0).add_(c2))
+    den = (mm[:, :2] + mm[:, 2:]).add_(c1).mul_((var[:, :2] + var[:, 2:]).add_(c2))
+    return num.div_(den).mean(dim=(-2, -1))
+
+
+def ssim_prepared(x: Prepared) -> torch.Tensor:
+    g = x.gray64
+    if min(g.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least 11x11 pixels, got {g.shape[-1]}x{g.shape[-2]}")
+    return ssim_pairs(x.moment_maps, *ssim_constants(x.protocol)).sum(dim=1)
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation over the last dims (all but the first two) -> (B, R)."""
+    dims = tuple(range(2, x.dim()))
+    xc = x - x.mean(dim=dims, keepdim=True)
+    yc = y - y.mean(dim=dims, keepdim=True)
+    return (xc * yc).sum(dims) / torch.sqrt((xc * xc).sum(dims) * (yc * yc).sum(dims))
+
+
+def cc_prepared(x: Prepared) -> torch.Tensor:
+    g = x.gray64
+    return pearson(g[:, :2], g[:, 2:].expand_as(g[:, :2])).mean(dim=1)
+
+
+def scd_prepared(x: Prepared) -> torch.Tensor:
+    g = x.gray64
+    a, b, f = g[:, 0:1], g[:, 1:2], g[:, 2:3]
+    return pearson(torch.cat([f - b, f - a], 1), torch.cat([a, b], 1)).sum(dim=1)

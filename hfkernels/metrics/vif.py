@@ -1,0 +1,75 @@
+"""VIF: multi-scale pixel-domain visual information fidelity (``vifp_mscale``), in float64.
+
+VIF = VIF(gray A, gray F) + VIF(gray B, gray F) (same in both protocols). For one pair (ref, dist),
+over scales s = 1..4 with window N = 2^(5-s) + 1 and Gaussian sigma N/5 (MATLAB fspecial):
+for s > 1, ref and dist are filtered ('valid') and subsampled by 2 in both directions; then with
+'valid' local moments mu1, mu2, s1 = sigma1^2, s2 = sigma2^2, s12 (variances clamped at 0):
+
+    g = s12 / (s1 + 1e-10),  sv = s2 - g s12
+    where s1 < 1e-10: g = 0, sv = s2, s1 = 0
+    where s2 < 1e-10: g = 0, sv = 0
+    where g < 0:      sv = s2, g = 0
+    sv = max(sv, 1e-10)
+    VIF = sum_s sum log10(1 + g^2 s1 / (sv + 2)) / sum_s sum log10(1 + s1 / 2)
+
+float64 because ``E[x^2] - E[x]^2`` cancels in flat regions, where the 1e-10 thresholds decide.
+An image pair with no texture at all (denominator 0) gives NaN.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._filters import filter_valid, matlab_gaussian
+from ._prep import Prepared, moment_maps
+
+EPS = 1e-10
+SIGMA_NSQ = 2.0
+
+
+def vif_terms(x: torch.Tensor, maps: torch.Tensor | None = None):
+    """Numerator and denominator sums of VIF(A, F) and VIF(B, F).
+
+    Args:
+        x: (B, 3, H, W) float64 gray A, B, F.
+        maps: optionally ``moment_maps(x)``, already built (shared with SSIM).
+    Returns:
+        (num, den), each (B, 2) float64.
+    """
+    num = x.new_zeros(x.shape[0], 2)
+    den = x.new_zeros(x.shape[0], 2)
+    for scale in range(1, 5):
+        n = 2 ** (5 - scale) + 1
+        taps = matlab_gaussian(n, n / 5.0, dtype=x.dtype, device=x.device)
+        if scale > 1:
+            x = filter_valid(x, taps, stride=2)  # filter, then keep every second row and column
+            maps = None
+        m = filter_valid(moment_maps(x) if maps is None else maps, taps)
+        mu, sq, cross = m[:, :3], m[:, 3:6], m[:, 6:8]
+        s = torch.addcmul(sq, mu, mu, value=-1.0).clamp_min_(0)  # variances of A, B, F
+        s1, s2 = s[:, :2], s[:, 2:]
+        s12 = torch.addcmul(cross, mu[:, :2], mu[:, 2:], value=-1.0)
+        flat1 = s1 < EPS
+        g = s12 / (s1 + EPS)
+        # the threshold cascade above, in fewer full-size passes: g is zeroed where s1 or s2 is
+        # below EPS or g < 0, and a zero g contributes log10(1) = 0 whatever sv is
+        g.masked_fill_(flat1 | (s2 < EPS) | (g < 0), 0.0)
+        sv = torch.addcmul(s2, g, s12, value=-1.0).clamp_min_(EPS).add_(SIGMA_NSQ)
+        t = (g * g).mul_(s1).div_(sv).add_(1.0).log10_()
+        num += t.sum(dim=(-2, -1))
+        den += s1.masked_fill(flat1, 0.0).div_(SIGMA_NSQ).add_(1.0).log10_().sum(dim=(-2, -1))
+    return num, den
+
+
+#: smallest height/width for which all four scales have a full window
+MIN_SIZE = 41
+
+
+def vif_prepared(x: Prepared) -> torch.Tensor:
+    g = x.gray64
+    if min(g.shape[-2:]) < MIN_SIZE:
+        raise ValueError(
+            f"VIF needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels (four scales of 'valid' "
+            f"windows), got {g.shape[-1]}x{g.shape[-2]}"
+        )
+    num, den = vif_terms(g, x.moment_maps)
+    return (num / den).sum(dim=1)

@@ -1,0 +1,211 @@
+"""The guidance network: a U-Net that predicts the per-pixel fusion weight ``mu`` (and a log-variance).
+
+Architecture (DESIGN.md, "The network"): 4 down / 4 up stages; each stage is a double 3x3
+convolution without bias + BatchNorm + ReLU; 2x2 max-pool down; x2 bilinear up-sampling
+(align_corners=True) zero-padded to the skip connection's size and concatenated ``[skip, up]``;
+a 1x1 convolution (with bias) to the outputs. Widths ``b, 2b, 4b, 8b, 8b`` for base width ``b``;
+the decoder halves them back to ``b``. With 2 inputs and 2 outputs:
+
+========  ==========  ============
+preset    base width  parameters
+========  ==========  ============
+paper     64          17,262,466
+small     12          608,426
+tiny      4           68,026
+========  ==========  ============
+
+(The paper's Table 10 lists 608,642 for its small model: 216 more, i.e. two more input channels
+in the first 3x3 convolution, 9 x 12 weights each.)
+
+Inputs are (B, 2, H, W): the luma of the visible image and the infrared image, both mapped to
+[-1, 1] (see :func:`guidance_input`). Output channel 0 through a sigmoid is ``mu`` in [0, 1]
+(``mu = 1`` selects the infrared image); output channel 1 is a log-variance used only by the
+training's KL term.
+
+Any input size works: the input is replicate-padded up to a multiple of 16 (and at least 32, so
+that the 1/16-scale bottleneck is at least 2x2 and BatchNorm has more than one value per channel
+even for a batch of one) and the outputs are cropped back.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+#: base width of each preset (the widths of the 5 encoder stages are b, 2b, 4b, 8b, 8b).
+PRESETS = {"paper": 64, "small": 12, "tiny": 4}
+
+
+class DoubleConv(nn.Sequential):
+    """(conv3x3 -> BN -> ReLU) x 2; (B, cin, H, W) -> (B, cout, H, W)."""
+
+    def __init__(self, cin: int, cout: int, mid: int | None = None):
+        mid = mid or cout
+        super().__init__(
+            nn.Conv2d(cin, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Up(nn.Module):
+    """x2 bilinear up-sampling of the deeper map, zero-padded to the skip's size, concatenated
+    ``[skip, up]`` and passed through a :class:`DoubleConv` (middle width ``cin // 2``)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = DoubleConv(cin, cout, cin // 2)
+
+    def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(deep, scale_factor=2, mode="bilinear", align_corners=True)
+        dh, dw = skip.shape[-2] - up.shape[-2], skip.shape[-1] - up.shape[-1]
+        if dh or dw:
+            up = F.pad(up, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])
+        return self.conv(torch.cat([skip, up], dim=1))
+
+
+class GuidanceUNet(nn.Module):
+    """U-Net guidance network.
+
+    Args:
+        in_channels: input channels (2: visible luma and infrared).
+        out_channels: output channels (2: the ``mu`` logit and a log-variance).
+        base: base width ``b`` (encoder widths b, 2b, 4b, 8b, 8b); or give ``preset``.
+        preset: ``"paper"`` (b = 64), ``"small"`` (12) or ``"tiny"`` (4).
+
+    ``forward(x)`` takes (B, in_channels, H, W) and returns ``(mu, logvar)``, each (B, 1, H, W):
+    ``mu = sigmoid(output 0)`` in [0, 1] and ``logvar = output 1``. With ``return_logit=True`` it
+    returns ``(mu, logvar, logit)`` (the pre-sigmoid output 0, used by the KL term).
+    """
+
+    def __init__(self, in_channels: int = 2, out_channels: int = 2, base: int | None = None,
+                 preset: str | None = None):
+        super().__init__()
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+            if base is not None and base != PRESETS[preset]:
+                raise ValueError(f"base={base} contradicts preset {preset!r} (base {PRESETS[preset]})")
+            base = PRESETS[preset]
+        base = PRESETS["paper"] if base is None else base
+        if isinstance(base, bool) or not isinstance(base, int) or base < 1:
+            raise ValueError(f"base must be a positive int, got {base!r}")
+        if out_channels < 1 or in_channels < 1:
+            raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
+        self.in_channels, self.out_channels, self.base = in_channels, out_channels, base
+        self.preset = preset or next((k for k, v in PRESETS.items() if v == base), None)
+        b = base
+        self.inc = DoubleConv(in_channels, b)
+        self.downs = nn.ModuleList([DoubleConv(b, 2 * b), DoubleConv(2 * b, 4 * b),
+                                    DoubleConv(4 * b, 8 * b), DoubleConv(8 * b, 8 * b)])
+        self.ups = nn.ModuleList([Up(16 * b, 4 * b), Up(8 * b, 2 * b), Up(4 * b, b), Up(2 * b, b)])
+        self.outc = nn.Conv2d(b, out_channels, 1)
+
+    #: inputs are padded to a multiple of this (4 poolings) ...
+    MULTIPLE = 16
+    #: ... and to at least this size, so the bottleneck is at least 2x2.
+    MIN_SIZE = 32
+
+    def config(self) -> dict:
+        """JSON-able constructor arguments (what :func:`build_model` takes back)."""
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "base": self.base, "preset": self.preset}
+
+    def forward(self, x: torch.Tensor, return_logit: bool = False):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"x must be a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x))}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have {self.in_channels} channels, got {x.shape[1]}")
+        h, w = x.shape[-2:]
+        ph = max(self.MIN_SIZE, -(-h // self.MULTIPLE) * self.MULTIPLE) - h
+        pw = max(self.MIN_SIZE, -(-w // self.MULTIPLE) * self.MULTIPLE) - w
+        if ph or pw:
+            # replicate (not reflect): reflect needs the pad to be smaller than the image.
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], mode="replicate")
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(F.max_pool2d(skips[-1], 2)))
+        y = skips.pop()
+        for up in self.ups:
+            y = up(y, skips.pop())
+        out = self.outc(y)
+        if ph or pw:
+            out = out[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
+        logit = out[:, :1]
+        logvar = out[:, 1:2] if self.out_channels > 1 else torch.zeros_like(logit)
+        mu = torch.sigmoid(logit)
+        return (mu, logvar, logit) if return_logit else (mu, logvar)
+
+
+def build_model(config: dict) -> GuidanceUNet:
+    """A :class:`GuidanceUNet` from :meth:`GuidanceUNet.config` output."""
+    cfg = dict(config)
+    preset = cfg.pop("preset", None)
+    base = cfg.pop("base", None)
+    if base is None:
+        return GuidanceUNet(preset=preset or "paper", **cfg)
+    return GuidanceUNet(base=base, **cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def guidance_input(vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+    """Network input (B, 2, H, W) in [-1, 1]: [luma(vis), luma(ir)] from vis (B, 1|3, H, W) and
+    ir (B, 1|3, H, W) in [0, 1] (BT.601 luma for 3 channels)."""
+    from .reference import luma
+
+    for name, t in (("vis", vis), ("ir", ir)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[1] not in (1, 3):
+            raise ValueError(f"{name} must be (B, 1|3, H, W), got {getattr(t, 'shape', type(t))}")
+    if vis.shape[0] != ir.shape[0] or vis.shape[-2:] != ir.shape[-2:]:
+        raise ValueError(f"ir has shape {tuple(ir.shape)}, incompatible with vis {tuple(vis.shape)}")
+    return torch.cat([luma(vis), luma(ir).to(vis.dtype)], dim=1) * 2 - 1
+
+
+def kl_term(logit: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``-0.5 * mean(1 + logvar - m^2 - exp(logvar))`` with ``m`` the *pre-sigmoid* output 0.
+
+    We take the raw output as the Gaussian's mean (the VAE convention the term comes from): the
+    sigmoid is a read-out for the blend, not part of the latent. With weight 1e-5 the term only
+    keeps the logits and log-variances from drifting; it pulls ``mu`` gently towards 0.5.
+    """
+    logit, logvar = logit.float(), logvar.float()
+    return -0.5 * torch.mean(1 + logvar - logit.pow(2) - logvar.exp())
+
+
+def load_guidance(run_dir, device=None):
+    """Load a trained guidance network from a training run folder (or a ``.safetensors`` model
+    file with ``config.json`` beside it) and return ``mu_fn(vis, ir) -> mu``.
+
+    ``mu_fn`` takes vis (B, 1|3, H, W) and ir (B, 1|3, H, W) in [0, 1] and returns mu
+    (B, 1, H, W) in [0, 1] (float32, on the inputs' device, no gradient). The network runs in
+    eval mode (BatchNorm running statistics) on ``device`` (default: the inputs' device).
+    """
+    from .checkpoint import load_model
+
+    model = load_model(run_dir, map_location="cpu")
+    model.eval()
+    dev = torch.device(device) if device is not None else None
+    if dev is not None:
+        model.to(dev)
+
+    @torch.no_grad()
+    def mu_fn(vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        target = dev or vis.device
+        if next(model.parameters()).device != target:
+            model.to(target)
+        x = guidance_input(vis.to(target, torch.float32), ir.to(target, torch.float32))
+        mu, _ = model(x)
+        return mu.float().clamp(0, 1).to(vis.device)
+
+    mu_fn.model = model
+    return mu_fn
+
+
+__all__ = ["PRESETS", "GuidanceUNet", "build_model", "count_parameters", "guidance_input",
+           "kl_term", "load_guidance"]

@@ -1,0 +1,498 @@
+"""Triton backend (``"triton"``) of the loss ops "ssim" and "gradient_max", forward and backward.
+
+SSIM (planes = B*C stacked images, window taps without those below the dtype's resolution, see
+``loss_torch.kept_taps``):
+
+1. ``_ssim_h_kernel``: one pass over x and y computes the horizontally filtered five statistics
+   (x, y, x^2, y^2, xy) -> ``h`` (5, planes, H, W').
+2. ``_ssim_v_kernel``: the vertical filter of ``h``, then the SSIM formula with its clamps, in
+   registers. Forward mode writes the SSIM map (planes, H', W'), reduced per image by torch;
+   backward mode (given d loss / d map per plane) writes the five derivatives d map / d stat
+   scaled by it, ``G`` (5, planes, H', W'), following autograd's conventions at the clamps.
+3. ``_rows_filter_kernel``: the transposed vertical filter of ``G`` -> (5, planes, H, W').
+4. ``_ssim_hT_kernel``: the transposed horizontal filter, combined with the chain rule through
+   the statistics (``gx = G_x + 2 x G_xx + y G_xy``, likewise gy) -> gradients in x's dtype.
+
+Nothing but the inputs is saved for backward: steps 1-2 are recomputed (cheaper than keeping
+five full-size maps alive through the training step).
+
+Gradient max: ``_gmax_fwd_kernel`` computes the three Sobel pairs (replicate padding, evaluated
+in the fixed order of ``loss_reference.sobel_replicate``) and per-tile partial sums of both L1
+terms; backward computes the six per-pixel coefficients d loss / d Sobel response
+(``_gmax_coef_kernel``, autograd's sign/maximum conventions) and applies the adjoint Sobel with
+replicate padding (``_gmax_adjoint_kernel``: per axis, a source index plus an extra one at the
+clamped borders).
+
+Arithmetic is float32 (float64 for float64 inputs); half inputs are loaded in their dtype.
+Inputs are made contiguous. Registration as in ``fuse_triton``: ``torch.library.triton_op``s
+with explicit fakes and ``register_autograd``. Without triton this module registers nothing.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except Exception:  # ImportError, or a broken install: the registry reports why "triton" is absent
+    triton = None
+
+from ..backends import implements, triton_interpreting
+from .loss_torch import kept_taps
+
+if triton is not None:
+
+    @triton.jit
+    def _acc_zero(BH: tl.constexpr, BW: tl.constexpr, ACC64: tl.constexpr):
+        if ACC64:
+            z = tl.zeros([BH, BW], dtype=tl.float64)
+        else:
+            z = tl.zeros([BH, BW], dtype=tl.float32)
+        return z
+
+    @triton.jit
+    def _ssim_h_kernel(x, y, taps, h, NROWS, W, WO, OFF, K,
+                       ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+        """h[s, g, q] = sum_j taps[j] stat_s[g, q + OFF + j]; rows g over planes*H."""
+        g = tl.program_id(0) * BH + tl.arange(0, BH)[:, None]
+        q = tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
+        ok = (g < NROWS) & (q < WO)
+        sx = _acc_zero(BH, BW, ACC64)
+        sy = _acc_zero(BH, BW, ACC64)
+        sxx = _acc_zero(BH, BW, ACC64)
+        syy = _acc_zero(BH, BW, ACC64)
+        sxy = _acc_zero(BH, BW, ACC64)
+        for j in range(K):
+            c = q + OFF + j
+            m = ok & (c >= 0) & (c < W)
+            t = tl.load(taps + j)
+            xv = tl.load(x + g * W + c, mask=m, other=0.0).to(t.dtype)
+            yv = tl.load(y + g * W + c, mask=m, other=0.0).to(t.dtype)
+            sx += t * xv
+            sy += t * yv
+            sxx += t * (xv * xv)
+            syy += t * (yv * yv)
+            sxy += t * (xv * yv)
+        o = g * WO + q
+        n = NROWS * WO
+        tl.store(h + o, sx, mask=ok)
+        tl.store(h + n + o, sy, mask=ok)
+        tl.store(h + 2 * n + o, sxx, mask=ok)
+        tl.store(h + 3 * n + o, syy, mask=ok)
+        tl.store(h + 4 * n + o, sxy, mask=ok)
+
+    @triton.jit
+    def _ssim_v_kernel(h, taps, gscale, out, NP, H, HO, WO, OFF, K, c1, c2,
+                       BACKWARD: tl.constexpr, ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+        """Vertical filter of h (5, NP, H, WO) and the SSIM formula on rows g over NP*HO."""
+        g = tl.program_id(0) * BH + tl.arange(0, BH)[:, None]
+        q = tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
+        ok = (g < NP * HO) & (q < WO)
+        plane = g // HO
+        p = g % HO
+        n = NP * H * WO
+        mu1 = _acc_zero(BH, BW, ACC64)
+        mu2 = _acc_zero(BH, BW, ACC64)
+        e11 = _acc_zero(BH, BW, ACC64)
+        e22 = _acc_zero(BH, BW, ACC64)
+        e12 = _acc_zero(BH, BW, ACC64)
+        for j in range(K):
+            r = p + OFF + j
+            m = ok & (r >= 0) & (r < H)
+            t = tl.load(taps + j)
+            i = (plane * H + r) * WO + q
+            mu1 += t * tl.load(h + i, mask=m, other=0.0)
+            mu2 += t * tl.load(h + n + i, mask=m, other=0.0)
+            e11 += t * tl.load(h + 2 * n + i, mask=m, other=0.0)
+            e22 += t * tl.load(h + 3 * n + i, mask=m, other=0.0)
+            e12 += t * tl.load(h + 4 * n + i, mask=m, other=0.0)
+        mu11 = mu1 * mu1
+        mu22 = mu2 * mu2
+        mu12 = mu1 * mu2
+        v1 = e11 - mu11
+        v2 = e22 - mu22
+        s1 = tl.maximum(v1, 0.0)
+        s2 = tl.maximum(v2, 0.0)
+        bnd = 0.5 * (s1 + s2)
+        v12 = e12 - mu12
+        s12 = tl.minimum(tl.maximum(v12, -bnd), bnd)
+        a1 = 2 * mu12 + c1
+        a2 = 2.0 * s12 + c2
+        b1 = mu11 + mu22 + c1
+        b2 = s1 + s2 + c2
+        den = b1 * b2
+        smap = (a1 * a2) / den
+        o = g * WO + q
+        if BACKWARD:
+            gs = tl.load(gscale + plane, mask=g < NP * HO, other=0.0).to(smap.dtype)
+            ga1 = gs * a2 / den
+            ga2 = gs * a1 / den
+            gden = -gs * smap / den
+            gb1 = gden * b2
+            gb2 = gden * b1
+            gs12 = 2.0 * ga2
+            # torch.clamp(v12, -bnd, bnd): the value gets the gradient inside [min, max]; min
+            # when below it (and min < max); max when above it (or max < min)
+            g12 = tl.where((v12 >= -bnd) & (v12 <= bnd), gs12, 0.0)
+            gmin = tl.where((v12 < -bnd) & (-bnd < bnd), gs12, 0.0)
+            gmax = tl.where((v12 > bnd) | (bnd < -bnd), gs12, 0.0)
+            gbnd = gmax - gmin
+            g1 = tl.where(v1 >= 0, gb2 + 0.5 * gbnd, 0.0)  # clamp_min passes at v >= 0
+            g2 = tl.where(v2 >= 0, gb2 + 0.5 * gbnd, 0.0)
+            gm1 = 2 * mu2 * ga1 + 2 * mu1 * gb1 - 2 * mu1 * g1 - mu2 * g12
+            gm2 = 2 * mu1 * ga1 + 2 * mu2 * gb1 - 2 * mu2 * g2 - mu1 * g12
+            no = NP * HO * WO
+            tl.store(out + o, gm1, mask=ok)
+            tl.store(out + no + o, gm2, mask=ok)
+            tl.store(out + 2 * no + o, g1, mask=ok)
+            tl.store(out + 3 * no + o, g2, mask=ok)
+            tl.store(out + 4 * no + o, g12, mask=ok)
+        else:
+            tl.store(out + o, smap, mask=ok)
+
+    @triton.jit
+    def _rows_filter_kernel(src, taps, dst, NS, HIN, HOUT, W, OFF, K,
+                            ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+        """dst[s, r] = sum_j taps[j] src[s, r + OFF + j] (zero outside 0..HIN-1); rows over NS*HOUT."""
+        g = tl.program_id(0) * BH + tl.arange(0, BH)[:, None]
+        q = tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
+        ok = (g < NS * HOUT) & (q < W)
+        s = g // HOUT
+        r = g % HOUT
+        acc = _acc_zero(BH, BW, ACC64)
+        for j in range(K):
+            rr = r + OFF + j
+            m = ok & (rr >= 0) & (rr < HIN)
+            acc += tl.load(taps + j) * tl.load(src + (s * HIN + rr) * W + q, mask=m, other=0.0)
+        tl.store(dst + g * W + q, acc, mask=ok)
+
+    @triton.jit
+    def _ssim_hT_kernel(gv, x, y, taps, gx, gy, NROWS, W, WO, OFF, K,
+                        ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+        """Transposed horizontal filter of gv (5, NROWS, WO) and the chain rule to x, y."""
+        g = tl.program_id(0) * BH + tl.arange(0, BH)[:, None]
+        q = tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
+        ok = (g < NROWS) & (q < W)
+        n = NROWS * WO
+        a0 = _acc_zero(BH, BW, ACC64)
+        a1 = _acc_zero(BH, BW, ACC64)
+        a2 = _acc_zero(BH, BW, ACC64)
+        a3 = _acc_zero(BH, BW, ACC64)
+        a4 = _acc_zero(BH, BW, ACC64)
+        for j in range(K):
+            c = q + OFF + j
+            m = ok & (c >= 0) & (c < WO)
+            t = tl.load(taps + j)
+            i = g * WO + c
+            a0 += t * tl.load(gv + i, mask=m, other=0.0)
+            a1 += t * tl.load(gv + n + i, mask=m, other=0.0)
+            a2 += t * tl.load(gv + 2 * n + i, mask=m, other=0.0)
+            a3 += t * tl.load(gv + 3 * n + i, mask=m, other=0.0)
+            a4 += t * tl.load(gv + 4 * n + i, mask=m, other=0.0)
+        o = g * W + q
+        xv = tl.load(x + o, mask=ok, other=0.0).to(a0.dtype)
+        yv = tl.load(y + o, mask=ok, other=0.0).to(a0.dtype)
+        tl.store(gx + o, (a0 + 2 * xv * a2 + yv * a4).to(gx.dtype.element_ty), mask=ok)
+        tl.store(gy + o, (a1 + 2 * yv * a3 + xv * a4).to(gy.dtype.element_ty), mask=ok)
+
+    # -- gradient max ---------------------------------------------------------------------------
+
+    @triton.jit
+    def _sobel(img, base, rm, r, rp, cm, c, cp, W, m, ACC64: tl.constexpr):
+        """(gx, gy) of one image at rows r (neighbours rm, rp) and columns c (cm, cp), clamped
+        indices, in the order of loss_reference.sobel_replicate."""
+        if ACC64:
+            dt = tl.float64
+        else:
+            dt = tl.float32
+        p_mm = tl.load(img + base + rm * W + cm, mask=m, other=0.0).to(dt)
+        p_mc = tl.load(img + base + rm * W + c, mask=m, other=0.0).to(dt)
+        p_mp = tl.load(img + base + rm * W + cp, mask=m, other=0.0).to(dt)
+        p_cm = tl.load(img + base + r * W + cm, mask=m, other=0.0).to(dt)
+        p_cp = tl.load(img + base + r * W + cp, mask=m, other=0.0).to(dt)
+        p_pm = tl.load(img + base + rp * W + cm, mask=m, other=0.0).to(dt)
+        p_pc = tl.load(img + base + rp * W + c, mask=m, other=0.0).to(dt)
+        p_pp = tl.load(img + base + rp * W + cp, mask=m, other=0.0).to(dt)
+        gx = ((p_mp - p_mm) + 2 * (p_cp - p_cm)) + (p_pp - p_pm)
+        gy = ((p_pm - p_mm) + 2 * (p_pc - p_mc)) + (p_pp - p_mp)
+        return gx, gy
+
+    @triton.jit
+    def _tile(H, W, NP, BH: tl.constexpr, BW: tl.constexpr):
+        g = tl.program_id(0) * BH + tl.arange(0, BH)[:, None]
+        c = tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
+        m = (g < NP * H) & (c < W)
+        base = (g // H) * H * W
+        r = g % H
+        return g, r, c, m, base
+
+    @triton.jit
+    def _gmax_fwd_kernel(a, b, f, part, NP, H, W, ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+        g, r, c, m, base = _tile(H, W, NP, BH, BW)
+        rm, rp = tl.maximum(r - 1, 0), tl.minimum(r + 1, H - 1)
+        cm, cp = tl.maximum(c - 1, 0), tl.minimum(c + 1, W - 1)
+        ax, ay = _sobel(a, base, rm, r, rp, cm, c, cp, W, m, ACC64)
+        bx, by = _sobel(b, base, rm, r, rp, cm, c, cp, W, m, ACC64)
+        fx, fy = _sobel(f, base, rm, r, rp, cm, c, cp, W, m, ACC64)
+        lx = tl.abs(tl.abs(fx) - tl.maximum(tl.abs(ax), tl.abs(bx)))
+        ly = tl.abs(tl.abs(fy) - tl.maximum(tl.abs(ay), tl.abs(by)))
+        lx = tl.where(m, lx, 0.0)
+        ly = tl.where(m, ly, 0.0)
+        pid = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        npg = tl.num_programs(0) * tl.num_programs(1)
+        tl.store(part + pid, tl.sum(tl.sum(lx, 1), 0))
+        tl.store(part + npg + pid, tl.sum(tl.sum(ly, 1), 0))
+
+    @triton.jit
+    def _sign(v):
+        return (v > 0).to(v.dtype) - (v < 0).to(v.dtype)
+
+    @triton.jit
+    def _coefs(fv, av, bv, gs):
+        """d loss / d (Sobel f, Sobel a, Sobel b) of |(|fv| - max(|av|, |bv|))| * gs."""
+        sd = _sign(tl.abs(fv) - tl.maximum(tl.abs(av), tl.abs(bv)))
+        gmx = -gs * sd
+        aa = tl.abs(av)
+        bb = tl.abs(bv)
+        # torch.maximum: the larger gets it all, ties split it in halves
+        ga = tl.where(aa > bb, gmx, tl.where(aa == bb, gmx / 2, 0.0))
+        gb = tl.where(bb > aa, gmx, tl.where(aa == bb, gmx / 2, 0.0))
+        return gs * sd * _sign(fv), ga * _sign(av), gb * _sign(bv)
+
+    @triton.jit
+    def _gmax_coef_kernel(a, b, f, grad, coef, NP, H, W, inv_n,
+                          ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+        """coef (6, NP, H, W): d loss / d [f_x, a_x, b_x, f_y, a_y, b_y] Sobel responses."""
+        g, r, c, m, base = _tile(H, W, NP, BH, BW)
+        rm, rp = tl.maximum(r - 1, 0), tl.minimum(r + 1, H - 1)
+        cm, cp = tl.maximum(c - 1, 0), tl.minimum(c + 1, W - 1)
+        ax, ay = _sobel(a, base, rm, r, rp, cm, c, cp, W, m, ACC64)
+        bx, by = _sobel(b, base, rm, r, rp, cm, c, cp, W, m, ACC64)
+        fx, fy = _sobel(f, base, rm, r, rp, cm, c, cp, W, m, ACC64)
+        gs = tl.load(grad).to(ax.dtype) * inv_n
+        cfx, cax, cbx = _coefs(fx, ax, bx, gs)
+        cfy, cay, cby = _coefs(fy, ay, by, gs)
+        o = g * W + c
+        n = NP * H * W
+        tl.store(coef + o, cfx, mask=m)
+        tl.store(coef + n + o, cax, mask=m)
+        tl.store(coef + 2 * n + o, cbx, mask=m)
+        tl.store(coef + 3 * n + o, cfy, mask=m)
+        tl.store(coef + 4 * n + o, cay, mask=m)
+        tl.store(coef + 5 * n + o, cby, mask=m)
+
+    @triton.jit
+    def _adj_term(cx, cy, base, rr, okr, cc, okc, m, W, wx: tl.constexpr, wy: tl.constexpr):
+        mm = m & okr & okc
+        i = base + rr * W + cc
+        v = wx * tl.load(cx + i, mask=mm, other=0.0)
+        if wy != 0:
+            v += wy * tl.load(cy + i, mask=mm, other=0.0)
+        return v
+
+    @triton.jit
+    def _adjoint(cx, cy, base, r, c, H, W, m, ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+        """Adjoint of the replicate-padded Sobel pair: sum over sources p and taps d with
+        clamp(p + d) == (r, c). Per axis and tap d the sources are p = i - d (if inside) and,
+        at a clamped border (i == 0, d == -1 or i == n-1, d == +1), p = i itself."""
+        acc = _acc_zero(BH, BW, ACC64)
+        for di in tl.static_range(3):
+            for dj in tl.static_range(3):
+                # Sobel x: K = s[di] v[dj]; Sobel y: K = v[di] s[dj]; s = (1,2,1), v = (-1,0,1)
+                wx = (2 - (di - 1) * (di - 1)) * (dj - 1)
+                wy = (di - 1) * (2 - (dj - 1) * (dj - 1))
+                if wx != 0 or wy != 0:
+                    r1 = r - (di - 1)
+                    ok_r1 = (r1 >= 0) & (r1 < H)
+                    if di == 0:
+                        ok_r2 = r == 0
+                    elif di == 2:
+                        ok_r2 = r == H - 1
+                    else:
+                        ok_r2 = r < 0
+                    c1 = c - (dj - 1)
+                    ok_c1 = (c1 >= 0) & (c1 < W)
+                    if dj == 0:
+                        ok_c2 = c == 0
+                    elif dj == 2:
+                        ok_c2 = c == W - 1
+                    else:
+                        ok_c2 = c < 0
+                    acc += _adj_term(cx, cy, base, r1, ok_r1, c1, ok_c1, m, W, wx, wy)
+                    acc += _adj_term(cx, cy, base, r1, ok_r1, c, ok_c2, m, W, wx, wy)
+                    acc += _adj_term(cx, cy, base, r, ok_r2, c1, ok_c1, m, W, wx, wy)
+                    acc += _adj_term(cx, cy, base, r, ok_r2, c, ok_c2, m, W, wx, wy)
+        return acc
+
+    @triton.jit
+    def _gmax_adjoint_kernel(coef, ga, gb, gf, NP, H, W, ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+        g, r, c, m, base = _tile(H, W, NP, BH, BW)
+        n = NP * H * W
+        o = g * W + c
+        vf = _adjoint(coef, coef + 3 * n, base, r, c, H, W, m, ACC64, BH, BW)
+        va = _adjoint(coef + n, coef + 4 * n, base, r, c, H, W, m, ACC64, BH, BW)
+        vb = _adjoint(coef + 2 * n, coef + 5 * n, base, r, c, H, W, m, ACC64, BH, BW)
+        tl.store(gf + o, vf.to(gf.dtype.element_ty), mask=m)
+        tl.store(ga + o, va.to(ga.dtype.element_ty), mask=m)
+        tl.store(gb + o, vb.to(gb.dtype.element_ty), mask=m)
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(int(x) - 1, 0).bit_length()
+
+
+def _tile_shape(rows: int, cols: int) -> tuple[int, int]:
+    """(BH, BW): 512-element tiles with up to 64 contiguous columns on GPUs; the interpreter
+    pays per operation, not per element, so there one big tile covers as much as possible."""
+    if triton_interpreting():
+        bw = min(_pow2(cols), 128)
+        return min(_pow2(rows), max(8192 // bw, 1)), bw
+    bw = min(max(_pow2(cols), 16), 64)
+    return 512 // bw, bw
+
+
+def _grid(rows: int, cols: int):
+    bh, bw = _tile_shape(rows, cols)
+    return (triton.cdiv(rows, bh), triton.cdiv(cols, bw)), bh, bw
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _geometry(n: int, window_size: int, lo: int, padding: str) -> tuple[int, int]:
+    """(offset of the first kept tap, output length) along an axis of length n."""
+    if padding == "valid":
+        return lo, n - window_size + 1
+    return lo - window_size // 2, n
+
+
+if triton is not None:
+    from torch.library import triton_op, wrap_triton
+
+    def _taps(window_size, sigma, cdt, device):
+        taps, lo = kept_taps(window_size, sigma, cdt)
+        return torch.tensor(taps, dtype=cdt, device=device), len(taps), lo
+
+    def _ssim_stats_h(x, y, taps, k, ox, wo, acc64):
+        b, c, h, w = x.shape
+        hbuf = torch.empty((5, b * c, h, wo), dtype=taps.dtype, device=x.device)
+        grid, bh, bw = _grid(b * c * h, wo)
+        wrap_triton(_ssim_h_kernel)[grid](x, y, taps, hbuf, b * c * h, w, wo, ox, k,
+                                          ACC64=acc64, BH=bh, BW=bw)
+        return hbuf
+
+    @triton_op("hfkernels::ssim_triton", mutates_args=())
+    def ssim_triton_fwd(x: torch.Tensor, y: torch.Tensor, window_size: int, sigma: float,
+                        c1: float, c2: float, padding: str) -> torch.Tensor:
+        """Per-image mean SSIM (B,) in x's dtype."""
+        b, c, h, w = x.shape
+        cdt = _compute_dtype(x)
+        acc64 = cdt == torch.float64
+        taps, k, lo = _taps(window_size, sigma, cdt, x.device)
+        ox, wo = _geometry(w, window_size, lo, padding)
+        oy, ho = _geometry(h, window_size, lo, padding)
+        hbuf = _ssim_stats_h(x, y, taps, k, ox, wo, acc64)
+        smap = torch.empty((b * c, ho, wo), dtype=cdt, device=x.device)
+        grid, bh, bw = _grid(b * c * ho, wo)
+        wrap_triton(_ssim_v_kernel)[grid](hbuf, taps, smap, smap, b * c, h, ho, wo, oy, k, c1, c2,
+                                          BACKWARD=False, ACC64=acc64, BH=bh, BW=bw)
+        return smap.view(b, -1).mean(1).to(x.dtype)
+
+    @triton_op("hfkernels::ssim_triton_backward", mutates_args=())
+    def ssim_triton_bwd(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, window_size: int,
+                        sigma: float, c1: float, c2: float, padding: str) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, h, w = x.shape
+        cdt = _compute_dtype(x)
+        acc64 = cdt == torch.float64
+        taps, k, lo = _taps(window_size, sigma, cdt, x.device)
+        ox, wo = _geometry(w, window_size, lo, padding)
+        oy, ho = _geometry(h, window_size, lo, padding)
+        hbuf = _ssim_stats_h(x, y, taps, k, ox, wo, acc64)
+        # d loss / d map for every pixel of plane (b, c): grad[b] / (C H' W')
+        gscale = (grad.to(cdt) / (c * ho * wo)).repeat_interleave(c).contiguous()
+        gmaps = torch.empty((5, b * c, ho, wo), dtype=cdt, device=x.device)
+        grid, bh, bw = _grid(b * c * ho, wo)
+        wrap_triton(_ssim_v_kernel)[grid](hbuf, taps, gscale, gmaps, b * c, h, ho, wo, oy, k, c1, c2,
+                                          BACKWARD=True, ACC64=acc64, BH=bh, BW=bw)
+        flipped = taps.flip(0).contiguous()
+        gv = torch.empty((5, b * c, h, wo), dtype=cdt, device=x.device)
+        grid, bh, bw = _grid(5 * b * c * h, wo)
+        wrap_triton(_rows_filter_kernel)[grid](gmaps, flipped, gv, 5 * b * c, ho, h, wo, -oy - (k - 1), k,
+                                               ACC64=acc64, BH=bh, BW=bw)
+        gx, gy = torch.empty_like(x), torch.empty_like(y)
+        grid, bh, bw = _grid(b * c * h, w)
+        wrap_triton(_ssim_hT_kernel)[grid](gv, x, y, flipped, gx, gy, b * c * h, w, wo, -ox - (k - 1), k,
+                                           ACC64=acc64, BH=bh, BW=bw)
+        return gx, gy
+
+    @ssim_triton_fwd.register_fake
+    def _(x, y, window_size, sigma, c1, c2, padding):
+        return x.new_empty(x.shape[0])
+
+    @ssim_triton_bwd.register_fake
+    def _(grad, x, y, window_size, sigma, c1, c2, padding):
+        return x.new_empty(x.shape), y.new_empty(y.shape)
+
+    def _ssim_setup(ctx, inputs, output):
+        x, y, *args = inputs
+        ctx.save_for_backward(x, y)
+        ctx.args = args
+
+    def _ssim_backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        gx, gy = ssim_triton_bwd(grad.contiguous(), x, y, *ctx.args)
+        return gx, gy, None, None, None, None, None
+
+    ssim_triton_fwd.register_autograd(_ssim_backward, setup_context=_ssim_setup)
+
+    @triton_op("hfkernels::gradient_max_triton", mutates_args=())
+    def gmax_triton_fwd(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = f.shape
+        cdt = _compute_dtype(f)
+        grid, bh, bw = _grid(n * c * h, w)
+        part = torch.empty((2, grid[0] * grid[1]), dtype=cdt, device=f.device)
+        wrap_triton(_gmax_fwd_kernel)[grid](a, b, f, part, n * c, h, w,
+                                            ACC64=cdt == torch.float64, BH=bh, BW=bw)
+        numel = f.numel()
+        return (part[0].sum() / numel + part[1].sum() / numel).to(f.dtype)
+
+    @triton_op("hfkernels::gradient_max_triton_backward", mutates_args=())
+    def gmax_triton_bwd(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                        f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, c, h, w = f.shape
+        cdt = _compute_dtype(f)
+        acc64 = cdt == torch.float64
+        grid, bh, bw = _grid(n * c * h, w)
+        coef = torch.empty((6, n * c, h, w), dtype=cdt, device=f.device)
+        wrap_triton(_gmax_coef_kernel)[grid](a, b, f, grad, coef, n * c, h, w, 1.0 / f.numel(),
+                                             ACC64=acc64, BH=bh, BW=bw)
+        ga, gb, gf = torch.empty_like(a), torch.empty_like(b), torch.empty_like(f)
+        wrap_triton(_gmax_adjoint_kernel)[grid](coef, ga, gb, gf, n * c, h, w, ACC64=acc64, BH=bh, BW=bw)
+        return ga, gb, gf
+
+    @gmax_triton_fwd.register_fake
+    def _(a, b, f):
+        return f.new_empty(())
+
+    @gmax_triton_bwd.register_fake
+    def _(grad, a, b, f):
+        return a.new_empty(a.shape), b.new_empty(b.shape), f.new_empty(f.shape)
+
+    def _gmax_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def _gmax_backward(ctx, grad):
+        return gmax_triton_bwd(grad.contiguous(), *ctx.saved_tensors)
+
+    gmax_triton_fwd.register_autograd(_gmax_backward, setup_context=_gmax_setup)
+
+    @implements("ssim", "triton")
+    def ssim_triton(x, y, window_size: int, sigma: float, c1: float, c2: float, padding: str) -> torch.Tensor:
+        """Per-image mean SSIM (B,) with the Triton kernels (arguments validated by the caller)."""
+        return ssim_triton_fwd(x.contiguous(), y.contiguous(), window_size, float(sigma), float(c1), float(c2), padding)
+
+    @implements("gradient_max", "triton")
+    def gradient_max_triton(a, b, f) -> torch.Tensor:
+        """0-dim gradient-max loss with the Triton kernels."""
+        return gmax_triton_fwd(a.contiguous(), b.contiguous(), f.contiguous())

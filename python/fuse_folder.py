@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Fuse two folders of image pairs (matched by file name): a wrapper over ``hfkernels fuse``.
+
+    python python/fuse_folder.py --checkpoint runs/default --vis VIS_DIR --ir IR_DIR --out fused/ [--save-mu]
+    python python/fuse_folder.py --vis VIS_DIR --ir IR_DIR --out fused/            # heuristic guidance
+    python python/fuse_folder.py --data ../shared/data/MSRS --checkpoint RUN --out fused/
+
+``--data DIR`` takes any folder layout that training accepts (``DIR/vi`` + ``DIR/ir``, MSRS's
+``test`` split, a Harvard ``X-MRI`` folder) and fills in ``--vis``/``--ir``; a folder with several
+sets (e.g. ``Harvard``) writes one sub-folder of ``--out`` per set. Colour is kept (the visible
+image's Cb/Cr), outputs are PNG.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hfkernels.cli import main  # noqa: E402
+
+
+def expand(argv):
+    """Replace ``--data DIR`` by one ``--vis/--ir/--out`` job per pair set found in DIR."""
+    if "--data" not in argv:
+        return [argv]
+    from hfkernels.data import find_sets
+
+    i = argv.index("--data")
+    rest = argv[:i] + argv[i + 2:]
+    sets = find_sets(argv[i + 1], split="test")
+    if "--out" not in rest:
+        raise SystemExit("fuse_folder.py: --out is required")
+    j = rest.index("--out")
+    out = Path(rest[j + 1])
+    base = rest[:j] + rest[j + 2:]
+    jobs = []
+    for s in sets:
+        dst = out if len(sets) == 1 else out / s.name.replace("/", "_")
+        jobs.append([*base, "--vis", str(s.vis_dir), "--ir", str(s.ir_dir), "--out", str(dst)])
+    return jobs
+
+
+if __name__ == "__main__":
+    rc = 0
+    for job in expand(sys.argv[1:]):
+        rc = rc or main(["fuse", *job])
+    sys.exit(rc)

@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""A Table-8-style comparison: the metric means of five "fusions" on given test folders.
+
+Methods (rows):
+- ``visible``    the visible image itself (F = A);
+- ``infrared``   the infrared image itself (F = B);
+- ``laplacian``  the paper's Laplacian baseline: ``fuse(vis_rgb, ir, w)`` on all three RGB channels
+                 with the heuristic guidance ``w``;
+- ``heuristic``  the per-pixel heuristic weight map blend ``(1 - w') vis + w' ir``;
+- ``trained``    the trained guidance network of ``--checkpoint RUN`` with ``fuse_color``
+                 (left out without ``--checkpoint``).
+
+    python python/table8.py --data ../shared/data/MSRS --data ../shared/data/Harvard \
+        --checkpoint runs/msrs [--metrics EN,MI,VIF,Qabf,SSIM] [--limit 20] [--json table8.json]
+
+Each ``--data`` folder may hold several sets (Harvard: CT-MRI, PET-MRI, SPECT-MRI); every set gets
+its own table. Images are evaluated one at a time, at full resolution unless ``--max-size``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+import hfkernels as hk  # noqa: E402
+from hfkernels.data import PairDataset, find_sets  # noqa: E402
+from hfkernels.metrics import evaluate  # noqa: E402
+
+DEFAULT_METRICS = "EN,MI,VIF,Qabf,SSIM,SD,SF,AG"
+
+
+def methods(checkpoint=None, device="cpu", backend=None):
+    """name -> f(vis (1,3,H,W), ir (1,1,H,W)) -> fused, all in [0, 1]."""
+    out = {
+        "visible": lambda v, i: v,
+        "infrared": lambda v, i: i,
+        "laplacian": lambda v, i: hk.fuse(v, i, hk.heuristic_guidance(v, i), backend=backend).clamp(0, 1),
+        "heuristic": lambda v, i: hk.heuristic_blend(v, i).clamp(0, 1),
+    }
+    if checkpoint:
+        from hfkernels.models import load_guidance
+
+        mu_fn = load_guidance(checkpoint, device=device)
+        out["trained"] = lambda v, i: hk.fuse_color(v, i, mu_fn(v, i), backend=backend)
+    return out
+
+
+@torch.no_grad()
+def compare(dataset, fns, metrics, limit=None, device="cpu"):
+    """``{method: {metric: mean}}`` over the pairs of ``dataset``."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    sums = {m: {} for m in fns}
+    for k in range(n):
+        vis, ir = (t[None].to(device).float() / 255 for t in dataset[k])
+        for name, fn in fns.items():
+            vals = evaluate(vis, ir, fn(vis, ir), names=metrics)
+            for key, v in vals.items():
+                sums[name][key] = sums[name].get(key, 0.0) + float(v.sum())
+    return {m: {k: v / n for k, v in s.items()} for m, s in sums.items()}, n
+
+
+def markdown(title, table, n):
+    cols = list(next(iter(table.values())))
+    lines = [f"### {title} ({n} pairs)", "", "| method | " + " | ".join(cols) + " |",
+             "| --- | " + " | ".join("---:" for _ in cols) + " |"]
+    for m, vals in table.items():
+        lines.append(f"| {m} | " + " | ".join(f"{vals[c]:.3f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", action="append", required=True, help="test folder (repeatable; test split)")
+    p.add_argument("--checkpoint", help="training run folder for the 'trained' row")
+    p.add_argument("--metrics", default=DEFAULT_METRICS)
+    p.add_argument("--limit", type=int, help="at most this many pairs per set")
+    p.add_argument("--max-size", type=int, help="downscale images whose longer side exceeds this")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--backend", default=None)
+    p.add_argument("--json", help="also write the tables as JSON here")
+    args = p.parse_args(argv)
+    fns = methods(args.checkpoint, args.device, args.backend)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    result = {}
+    for spec in args.data:
+        for s in find_sets(spec, split="test"):
+            t0 = time.perf_counter()
+            table, n = compare(PairDataset(s, max_size=args.max_size), fns, metrics, args.limit, args.device)
+            result[s.name] = table
+            print(markdown(s.name, table, n))
+            print(f"\n({time.perf_counter() - t0:.1f} s)\n", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

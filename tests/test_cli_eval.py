@@ -1,0 +1,162 @@
+"""`hfkernels eval`: per-image rows and means, JSON/CSV, on-the-fly fusions, the baseline table,
+and clear errors for unmatched, unreadable and mis-sized files."""
+import csv
+import json
+
+import pytest
+import torch
+
+import hfkernels
+from hfkernels.cli import main
+from hfkernels.io import read_image, write_image
+from hfkernels.metrics import evaluate
+
+H, W = 48, 56
+
+
+def make_dataset(root, n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    (root / "vi").mkdir(parents=True)
+    (root / "ir").mkdir()
+    for i in range(n):
+        write_image(root / "vi" / f"{i:02d}.png", torch.rand(3, H, W, generator=g))
+        write_image(root / "ir" / f"{i:02d}.png", torch.rand(1, H, W, generator=g))
+    return root
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_dataset(tmp_path / "set")
+
+
+def pair(root, name):
+    return read_image(root / "vi" / name, "rgb")[None], read_image(root / "ir" / name, "gray")[None]
+
+
+def test_fused_folder_json_csv(data, tmp_path, capsys):
+    out = tmp_path / "fused"
+    for p in sorted((data / "vi").iterdir()):
+        vis, ir = pair(data, p.name)
+        write_image(out / p.name, (0.3 * vis + 0.7 * ir)[0])
+    js, cs = tmp_path / "m.json", tmp_path / "m.csv"
+    rc = main(["eval", "--vis", str(data / "vi"), "--ir", str(data / "ir"), "--fused", str(out),
+               "--json", str(js), "--csv", str(cs), "--device", "cpu"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "00.png" in printed and "mean" in printed and "Qabf" in printed
+    res = json.loads(js.read_text())
+    assert res["protocol"] == "paper" and set(res["per_image"]) == {"00.png", "01.png", "02.png"}
+    vis, ir = pair(data, "01.png")
+    want = evaluate(vis, ir, read_image(out / "01.png", "keep")[None])
+    for k, v in want.items():
+        assert res["per_image"]["01.png"][k] == pytest.approx(float(v[0]), rel=1e-12, nan_ok=True)
+    assert res["mean"]["EN"] == pytest.approx(sum(r["EN"] for r in res["per_image"].values()) / 3)
+    rows = list(csv.reader(cs.open()))
+    assert rows[0][0] == "image" and rows[-1][0] == "mean" and len(rows) == 5
+    assert float(rows[2][rows[0].index("SSIM")]) == pytest.approx(res["per_image"]["01.png"]["SSIM"])
+
+
+@pytest.mark.parametrize("method", ["vis", "ir", "laplacian", "blend", "heuristic", "0.25"])
+def test_methods(data, tmp_path, method):
+    js = tmp_path / "m.json"
+    rc = main(["eval", "--data", str(data), "--method", method, "--metrics", "EN,SSIM,Qabf",
+               "--json", str(js), "--quiet", "--device", "cpu"])
+    assert rc == 0
+    res = json.loads(js.read_text())
+    assert res["metrics"] == ["EN", "SSIM", "Qabf"]
+    vis, ir = pair(data, "02.png")
+    fused = {
+        "vis": vis,
+        "ir": ir,
+        "laplacian": hfkernels.fuse(vis, ir, hfkernels.heuristic_guidance(vis, ir)).clamp(0, 1),
+        "blend": hfkernels.heuristic_blend(vis, ir).clamp(0, 1),
+        "heuristic": hfkernels.fuse_color(vis, ir, hfkernels.heuristic_guidance(vis, ir)),
+        "0.25": hfkernels.fuse_color(vis, ir, torch.full_like(ir, 0.25)),
+    }[method]
+    want = evaluate(vis, ir, fused, "EN,SSIM,Qabf")
+    for k, v in want.items():
+        assert res["per_image"]["02.png"][k] == pytest.approx(float(v[0]), rel=1e-9)
+
+
+def test_baselines_table(data, tmp_path, capsys):
+    js = tmp_path / "b.json"
+    assert main(["eval", "--data", str(data), "--baselines", "--json", str(js), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for label in ("visible as fused", "infrared as fused", "Laplacian, heuristic guidance",
+                  "heuristic per-pixel blend", "Laplacian, mu = 0.5"):
+        assert label in out
+    for m in ("EN", "MI", "VIF", "Qabf", "SSIM", "SD"):
+        assert m in out.splitlines()[1]
+    res = json.loads(js.read_text())
+    vis, ir = pair(data, "00.png")
+    assert res["per_image"]["visible as fused"]["00.png"]["EN"] == pytest.approx(float(evaluate(vis, ir, vis, "EN")["EN"][0]))
+
+
+def test_standard_protocol_and_single_files(data, tmp_path):
+    js = tmp_path / "s.json"
+    v, i = data / "vi" / "00.png", data / "ir" / "00.png"
+    assert main(["eval", "--vis", str(v), "--ir", str(i), "--fused", str(v), "--protocol", "standard",
+                 "--json", str(js), "--device", "cpu"]) == 0
+    res = json.loads(js.read_text())
+    vis, ir = pair(data, "00.png")
+    want = evaluate(vis, ir, read_image(v, "keep")[None], protocol="standard")
+    assert res["protocol"] == "standard"
+    assert res["per_image"]["00.png"]["SSIM"] == pytest.approx(float(want["SSIM"][0]))
+
+
+def err_of(capsys, argv):
+    rc = main(argv)
+    assert rc == 2
+    return capsys.readouterr().err
+
+
+def test_unmatched_files_listed(data, capsys):
+    write_image(data / "vi" / "zz_extra.png", torch.rand(3, H, W))
+    write_image(data / "ir" / "yy_extra.png", torch.rand(1, H, W))
+    err = err_of(capsys, ["eval", "--data", str(data), "--method", "vis"])
+    assert "zz_extra.png" in err and "yy_extra.png" in err and "no partner" in err
+
+
+def test_unmatched_fused_listed(data, tmp_path, capsys):
+    out = tmp_path / "fused"
+    write_image(out / "00.png", torch.rand(3, H, W))
+    err = err_of(capsys, ["eval", "--data", str(data), "--fused", str(out)])
+    assert "01.png" in err and "02.png" in err
+
+
+def test_unreadable_and_missized_files_named(data, capsys):
+    (data / "vi" / "01.png").write_bytes(b"not a png")
+    write_image(data / "ir" / "02.png", torch.rand(1, H, W - 1))
+    err = err_of(capsys, ["eval", "--data", str(data), "--method", "vis"])
+    assert "2 of 3 pair(s)" in err
+    assert "01.png" in err and "cannot read" in err
+    assert "02.png" in err and f"{W}x{H}" in err and f"{W - 1}x{H}" in err
+
+
+def test_user_errors(data, tmp_path, capsys):
+    assert "--method" in err_of(capsys, ["eval", "--data", str(data), "--method", "magic"])
+    assert "[0, 1]" in err_of(capsys, ["eval", "--data", str(data), "--method", "1.5"])
+    assert "BOGUS" in err_of(capsys, ["eval", "--data", str(data), "--method", "vis", "--metrics", "EN,BOGUS"])
+    assert "does not exist" in err_of(capsys, ["eval", "--vis", str(tmp_path / "nope"), "--ir", str(data / "ir"), "--method", "vis"])
+    assert "vi/" in err_of(capsys, ["eval", "--data", str(tmp_path), "--method", "vis"])
+    with pytest.raises(SystemExit):
+        main(["eval", "--data", str(data)])  # no fusion source given
+
+
+def test_checkpoint(data, tmp_path):
+    from hfkernels.checkpoint import save_checkpoint
+    from hfkernels.models import GuidanceUNet, load_guidance
+
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    save_checkpoint(run, GuidanceUNet(preset="tiny"), None, epoch=1)
+    js = tmp_path / "c.json"
+    assert main(["eval", "--data", str(data), "--checkpoint", str(run), "--metrics", "EN,Qabf",
+                 "--json", str(js), "--device", "cpu"]) == 0
+    res = json.loads(js.read_text())
+    vis, ir = pair(data, "01.png")
+    with torch.no_grad():
+        fused = hfkernels.fuse_color(vis, ir, load_guidance(run, device="cpu")(vis, ir).clamp(0, 1))
+    want = evaluate(vis, ir, fused, "EN,Qabf")
+    assert res["source"] == f"checkpoint {run}"
+    assert res["per_image"]["01.png"]["Qabf"] == pytest.approx(float(want["Qabf"][0]), rel=1e-6)

@@ -1,0 +1,355 @@
+"""Trainer, checkpoints and the train / fuse CLI, end to end on CPU at small sizes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hfkernels import checkpoint as ckpt
+from hfkernels.cli import build_parser, main
+from hfkernels.cli.train import config_from_args
+from hfkernels.models import GuidanceUNet, guidance_input
+from hfkernels.train import Trainer, TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+# small, fast settings shared by the CLI runs below (generated scenes unless --data is given)
+FAST = ["--preset", "tiny", "--batch-size", "4", "--synthetic-pairs", "8", "--synthetic-size", "48x64",
+        "--metrics", "EN,SSIM,Qabf", "--sheet-pairs", "2", "--no-progress", "--no-baseline"]
+
+
+def _weights(run_dir):
+    return ckpt.load_checkpoint(run_dir)["model"]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _step(model, opt, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 2, 20, 24, generator=g)
+    mu, logvar = model(x)
+    (mu.square().mean() + logvar.abs().mean()).backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def test_checkpoint_round_trip_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    m = GuidanceUNet(preset="tiny")
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=1e-4)
+    for s in range(2):
+        _step(m, opt, s)
+    ckpt.save_checkpoint(tmp_path, m, opt, epoch=2, extra={"note": "x"})
+    state = ckpt.load_checkpoint(tmp_path)
+    assert state["epoch"] == 2 and state["extra"] == {"note": "x"} and state["config"] == m.config()
+    assert _same(state["model"], {k: v for k, v in m.state_dict().items()})
+
+    m2 = GuidanceUNet(preset="tiny")
+    opt2 = torch.optim.AdamW(m2.parameters(), lr=1e-3, weight_decay=1e-4)
+    m2.load_state_dict(state["model"])
+    opt2.load_state_dict(state["optimizer"])
+    sa, sb = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        a, b = sa[i], sb[i]
+        assert all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+    # the same next step from both copies gives the same weights, bit for bit
+    _step(m, opt, 5)
+    _step(m2, opt2, 5)
+    assert _same(m.state_dict(), m2.state_dict())
+    # only the newest epoch's files remain
+    ckpt.save_checkpoint(tmp_path, m, opt, epoch=3)
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["model-e0003.safetensors", "optim-e0003.safetensors"]
+
+
+def test_checkpoint_crash_leaves_previous(tmp_path, monkeypatch):
+    m = GuidanceUNet(preset="tiny")
+    opt = torch.optim.AdamW(m.parameters())
+    _step(m, opt, 0)
+    ckpt.save_checkpoint(tmp_path, m, opt, epoch=1)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    _step(m, opt, 1)
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("killed while committing")
+
+    monkeypatch.setattr(ckpt, "atomic_write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, m, opt, epoch=2)
+    monkeypatch.undo()
+    state = ckpt.load_checkpoint(tmp_path)
+    assert state["epoch"] == 1 and _same(state["model"], before)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
+    p = tmp_path / "a.json"
+    ckpt.atomic_write_json(p, {"v": 1})
+
+    def boom(*a):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        ckpt.atomic_write_json(p, {"v": 2})
+    monkeypatch.undo()
+    assert json.loads(p.read_text()) == {"v": 1}
+    assert [x.name for x in tmp_path.iterdir()] == ["a.json"]
+
+
+# ----------------------------------------------------------------------------- training
+def test_loss_decreases_on_fixed_batch(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "run"), synthetic_pairs=4, synthetic_size=(48, 64), lr=3e-3,
+                      baseline=False)
+    tr = Trainer(cfg, progress=False)
+    tr._build()
+    vis = torch.stack([tr.train_set[i][0] for i in range(4)]).float() / 255
+    ir = torch.stack([tr.train_set[i][1] for i in range(4)]).float() / 255
+    tr.model.train()
+    losses = []
+    for _ in range(12):
+        total, terms = tr.step_loss(vis, ir)
+        tr.optimizer.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(tr.model.parameters(), 1.0)
+        tr.optimizer.step()
+        losses.append(float(total.detach()))
+        assert set(terms) >= {"max", "consist", "grad", "ssim", "color", "kl"}
+    assert losses[-1] < losses[0] * 0.97, losses
+    assert min(losses[-3:]) < min(losses[:3])
+
+
+def test_batchnorm_recalibration(tmp_path):
+    """After re-estimating BatchNorm statistics on one batch, eval mode reproduces the train-mode
+    output on that batch (up to the unbiased/biased variance factor n/(n-1))."""
+    cfg = TrainConfig(out=str(tmp_path / "run"), synthetic_pairs=4, synthetic_size=(48, 64), batch_size=4,
+                      bn_batches=1, baseline=False)
+    tr = Trainer(cfg, progress=False)
+    tr._build()
+    tr.train_epoch(1)  # moves the weights (and runs the recalibration at its end)
+    (idx, vis, ir), = list(tr.loader.epoch(1))
+    x = guidance_input(vis, ir)
+    tr.model.eval()
+    with torch.no_grad():
+        mu_eval, _ = tr.model(x)
+        tr.model.train()
+        mu_train, _ = tr.model(x)
+    assert (mu_eval - mu_train).abs().mean() < 0.003 and (mu_eval - mu_train).abs().max() < 0.05
+    assert mu_train.std() > 1e-3  # not a trivial constant map
+    # without recalibration the lagging running averages give a visibly different map
+    cfg2 = TrainConfig(out=str(tmp_path / "run2"), synthetic_pairs=4, synthetic_size=(48, 64), batch_size=4,
+                       bn_batches=0, baseline=False)
+    tr2 = Trainer(cfg2, progress=False)
+    tr2._build()
+    tr2.train_epoch(1)
+    tr2.model.eval()
+    with torch.no_grad():
+        lag, _ = tr2.model(x)
+        tr2.model.train()
+        fresh, _ = tr2.model(x)
+    assert (lag - fresh).abs().mean() > 0.01
+
+
+def test_gradient_accumulation_steps(tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "run"), synthetic_pairs=5, synthetic_size=(32, 40), batch_size=2,
+                      accum=2, bn_batches=0, baseline=False)
+    tr = Trainer(cfg, progress=False)
+    tr._build()
+    rec = tr.train_epoch(1)
+    # 3 batches (2 + 2 + 1 images) -> optimizer steps after batches 2 and 3
+    assert rec["batches"] == 3 and rec["optimizer_steps"] == 2 and rec["images"] == 5
+    steps = {float(st["step"]) for st in tr.optimizer.state_dict()["state"].values()}
+    assert steps == {2.0}
+
+
+def test_default_arguments():
+    args = build_parser().parse_args(["train"])
+    cfg, resume, overwrite = config_from_args(args)
+    assert cfg.data == [] and cfg.preset == "tiny" and cfg.out == "runs/default"
+    assert cfg.weight_decay == 1e-4 and cfg.clip == 1.0 and cfg.kl_weight == 1e-5
+    assert (cfg.lr, cfg.epochs) == (None, None)
+    assert (cfg.resolve().lr, cfg.epochs) == (1e-3, 4)  # the demo on generated scenes
+    data_cfg = TrainConfig(data=["x"]).resolve()
+    assert (data_cfg.lr, data_cfg.epochs) == (1e-4, 2)  # the paper's recipe
+    assert not resume and overwrite  # the default run folder is replaced by a new default run
+    args = build_parser().parse_args(["train", "--out", "x", "--synthetic-size", "32x48", "--cache", "no"])
+    cfg, _, overwrite = config_from_args(args)
+    assert cfg.synthetic_size == (32, 48) and cfg.cache is False and not overwrite
+
+
+@pytest.fixture(scope="module")
+def ref_run(tmp_path_factory):
+    """An uninterrupted 3-epoch run on generated scenes (the reference for the resume tests)."""
+    run = tmp_path_factory.mktemp("ref") / "run"
+    assert main(["train", *FAST, "--epochs", "3", "--out", str(run)]) == 0
+    return run
+
+
+def test_cli_train_resume_and_refusals(tmp_path, capsys, ref_run):
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--epochs", "1", "--out", str(run)]) == 0
+    hist = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in hist] == [1]
+    for key in ("train_loss", "seconds", "images_per_second", "eval"):
+        assert key in hist[0]
+    assert set(hist[0]["eval"]["synthetic-test"]) == {"EN", "SSIM", "Qabf"}
+    assert (run / "sheets" / "epoch_0001.png").is_file()
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["preset"] == "tiny" and cfg["train"]["epochs"] == 1
+
+    # an existing run is not overwritten by accident
+    assert main(["train", *FAST, "--epochs", "1", "--out", str(run)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # resume with the saved settings, to 3 epochs in all: the same weights as never stopping
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    hist = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in hist] == [1, 2, 3]
+    assert ckpt.load_checkpoint(run)["epoch"] == 3
+    assert _same(_weights(ref_run), _weights(run))
+    ref_hist = json.loads((ref_run / "history.json").read_text())
+    assert [r["train_loss"] for r in ref_hist] == [r["train_loss"] for r in hist]
+    # nothing left to do
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    # a different network cannot resume this run
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "4", "--preset", "small"]) == 2
+
+
+def test_kill_and_resume(tmp_path, ref_run):
+    """A training process killed at a random moment resumes from its last complete epoch and
+    ends with exactly the weights of a run that was never interrupted."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "hfkernels", "train", *FAST, "--epochs", "3", "--out", str(run)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not ckpt.has_checkpoint(run) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # somewhere inside the next epoch (or its checkpoint)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = ckpt.load_checkpoint(run)["epoch"]
+    assert 1 <= done <= 3
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert ckpt.load_checkpoint(run)["epoch"] == 3
+    assert _same(_weights(ref_run), _weights(run))
+    assert [r["epoch"] for r in json.loads((run / "history.json").read_text())] == [1, 2, 3]
+
+
+def test_bad_data_stops_the_run(tmp_path, capsys):
+    from PIL import Image
+
+    d = tmp_path / "d"
+    for sub, names in (("vi", ["a.png", "only_vis.png"]), ("ir", ["a.png", "only_ir.png"])):
+        (d / sub).mkdir(parents=True)
+        for n in names:
+            Image.new("L", (40, 30)).save(d / sub / n)
+    assert main(["train", "--data", str(d), "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "only_vis.png" in err and "only_ir.png" in err
+    assert not ckpt.has_checkpoint(tmp_path / "r")
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_fuse_with_checkpoint(tmp_path, ref_run):
+    from hfkernels.fusion import fuse_color
+    from hfkernels.io import read_image
+    from hfkernels.models import load_guidance
+    from hfkernels.synthetic import write_pairs
+
+    run = ref_run
+    write_pairs(tmp_path / "pairs", 2, (40, 52), seed=11)
+    out = tmp_path / "fused"
+    assert main(["fuse", "--checkpoint", str(run), "--vis", str(tmp_path / "pairs" / "vi"),
+                 "--ir", str(tmp_path / "pairs" / "ir"), "--out", str(out), "--save-mu", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "MU_0000.png", "MU_0001.png"]
+    vis = read_image(tmp_path / "pairs" / "vi" / "0000.png", "keep")[None]
+    ir = read_image(tmp_path / "pairs" / "ir" / "0000.png", "gray")[None]
+    mu = load_guidance(run)(vis, ir)
+    want = fuse_color(vis, ir, mu)
+    got = read_image(out / "0000.png", "rgb")[None]
+    assert (got - want).abs().max() <= 0.5 / 255 + 1e-6  # the written file is the rounded fusion
+    got_mu = read_image(out / "MU_0000.png", "gray")[None]
+    assert (got_mu - mu).abs().max() <= 0.5 / 255 + 1e-6
+
+
+# ----------------------------------------------------------------------------- real pairs
+@pytest.mark.data
+def test_end_to_end_real_pairs(data_dir, tmp_path):
+    """Train 2 epochs (1 + resume) on the MSRS training pairs at 64 px, fuse the MSRS test pairs
+    with the checkpoint, and evaluate them with the metrics suite."""
+    from hfkernels.io import read_image
+    from hfkernels.metrics import evaluate
+
+    run = tmp_path / "run"
+    common = ["--data", str(data_dir / "MSRS"), "--test", str(data_dir / "MSRS"), "--max-size", "64",
+              "--preset", "tiny", "--batch-size", "4", "--eval-limit", "3", "--metrics", "EN,MI,VIF,Qabf,SSIM",
+              "--sheet-pairs", "2", "--no-progress", "--out", str(run)]
+    assert main(["train", *common, "--epochs", "1"]) == 0
+    assert main(["train", *common, "--epochs", "2", "--resume"]) == 0
+    hist = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in hist] == [1, 2] and all(r["images"] == 11 for r in hist)
+    ev = hist[-1]["eval"]["MSRS-test"]
+    assert set(ev) == {"EN", "MI", "VIF", "Qabf", "SSIM"} and all(v == v for v in ev.values())
+    base = json.loads((run / "baseline.json").read_text())["heuristic"]["MSRS-test"]
+    assert set(base) == set(ev)
+
+    vis_dir, ir_dir = data_dir / "MSRS" / "test" / "vi", data_dir / "MSRS" / "test" / "ir"
+    names = sorted(p.name for p in vis_dir.iterdir())[:2]
+    sub_v, sub_i = tmp_path / "v", tmp_path / "i"
+    sub_v.mkdir()
+    sub_i.mkdir()
+    for n in names:  # two test pairs at full resolution
+        (sub_v / n).symlink_to(vis_dir / n)
+        (sub_i / n).symlink_to(ir_dir / n)
+    out = tmp_path / "fused"
+    assert main(["fuse", "--checkpoint", str(run), "--vis", str(sub_v), "--ir", str(sub_i),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    vis = torch.stack([read_image(sub_v / n, "rgb") for n in names])
+    ir = torch.stack([read_image(sub_i / n, "gray") for n in names])
+    fused = torch.stack([read_image(out / Path(n).with_suffix(".png").name, "rgb") for n in names])
+    assert fused.shape == vis.shape == (2, 3, 480, 640)
+    vals = evaluate(vis, ir, fused, names=["EN", "VIF", "Qabf"])
+    assert all(torch.isfinite(v).all() and v.shape == (2,) for v in vals.values())
+    assert (vals["VIF"] > 0.2).all() and (vals["Qabf"] > 0.2).all()
+    # the guidance network sees the whole image (no tiling): one forward at 480x640
+    assert guidance_input(vis, ir).shape == (2, 2, 480, 640)
+
+
+def _script(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "python" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_python_scripts(tmp_path, ref_run):
+    from hfkernels.synthetic import write_pairs
+
+    write_pairs(tmp_path / "set", 2, (40, 52), seed=3)
+    table8 = _script("table8")
+    out = tmp_path / "t8.json"
+    assert table8.main(["--data", str(tmp_path / "set"), "--checkpoint", str(ref_run), "--metrics", "EN,Qabf",
+                        "--device", "cpu", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["set"]
+    assert list(res) == ["visible", "infrared", "laplacian", "heuristic", "trained"]
+    assert all(set(v) == {"EN", "Qabf"} for v in res.values())
+    # a "fusion" that returns the visible image scores Qabf(A, A) + ... > the infrared one on its own terms
+    assert res["visible"]["Qabf"] != res["infrared"]["Qabf"]
+
+    fuse_folder = _script("fuse_folder")
+    jobs = fuse_folder.expand(["--data", str(tmp_path / "set"), "--checkpoint", str(ref_run), "--out", str(tmp_path / "f")])
+    assert len(jobs) == 1 and jobs[0][-1] == str(tmp_path / "f")
+    assert main(["fuse", *jobs[0], "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["0000.png", "0001.png"]
+    assert _script("fetch_datasets").main(["--list"]) == 0
