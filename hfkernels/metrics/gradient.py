@@ -49,7 +49,7 @@ def sobel_xy(x: torch.Tensor):
 
 
 def strength_angle(gx: torch.Tensor, gy: torch.Tensor):
-    g = torch.hypot(gx, gy)
+    g = torch.addcmul(gx * gx, gy, gy).sqrt_()
     zero = gx == 0
     a = torch.div(gy, gx.masked_fill(zero, 1.0)).atan_().masked_fill_(zero, math.pi / 2)
     return g, a

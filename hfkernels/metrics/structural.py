@@ -66,12 +66,40 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (xc * yc).sum(dims) / torch.sqrt((xc * xc).sum(dims) * (yc * yc).sum(dims))
 
 
+def _covariances(x: Prepared) -> torch.Tensor:
+    """(B, 3, 3) float64 N * covariance matrix of gray A, B, F (N = pixels per image).
+
+    From the sums of ``Prepared.moment_maps`` (shared with VIF and SSIM) plus sum(A B): one
+    reduction instead of centred copies. The sums are exact for integer levels (< 2^53); for
+    other values the cancellation in ``S_xy - S_x S_y / N`` costs ~1e-12 relative, far below
+    the metrics' precision.
+    """
+    if "cov" not in x.cache:
+        g = x.gray64
+        n = g.shape[-2] * g.shape[-1]
+        s = x.moment_maps.sum(dim=(-2, -1))  # (B, 8): A, B, F, AA, BB, FF, AF, BF
+        sab = torch.einsum("bhw,bhw->b", g[:, 0], g[:, 1])
+        m = torch.empty(g.shape[0], 3, 3, dtype=s.dtype, device=s.device)
+        m[:, [0, 1, 2], [0, 1, 2]] = s[:, 3:6]
+        m[:, 0, 2] = m[:, 2, 0] = s[:, 6]
+        m[:, 1, 2] = m[:, 2, 1] = s[:, 7]
+        m[:, 0, 1] = m[:, 1, 0] = sab
+        x.cache["cov"] = m - s[:, :3, None] * s[:, None, :3] / n
+    return x.cache["cov"]
+
+
 def cc_prepared(x: Prepared) -> torch.Tensor:
-    g = x.gray64
-    return pearson(g[:, :2], g[:, 2:].expand_as(g[:, :2])).mean(dim=1)
+    c = _covariances(x)
+    caf, cbf = c[:, 0, 2], c[:, 1, 2]
+    caa, cbb, cff = c[:, 0, 0], c[:, 1, 1], c[:, 2, 2]
+    return (caf / torch.sqrt(caa * cff) + cbf / torch.sqrt(cbb * cff)) / 2
 
 
 def scd_prepared(x: Prepared) -> torch.Tensor:
-    g = x.gray64
-    a, b, f = g[:, 0:1], g[:, 1:2], g[:, 2:3]
-    return pearson(torch.cat([f - b, f - a], 1), torch.cat([a, b], 1)).sum(dim=1)
+    c = _covariances(x)
+    caa, cbb, cff = c[:, 0, 0], c[:, 1, 1], c[:, 2, 2]
+    cab, caf, cbf = c[:, 0, 1], c[:, 0, 2], c[:, 1, 2]
+    # r(F - B, A) + r(F - A, B), by bilinearity of the covariance
+    r1 = (caf - cab) / torch.sqrt((cff + cbb - 2 * cbf) * caa)
+    r2 = (cbf - cab) / torch.sqrt((cff + caa - 2 * caf) * cbb)
+    return r1 + r2
