@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._validate import levels as _check_levels
+
 # BT.601 full-range coefficients (DESIGN.md, "Colour").
 LUMA = (0.299, 0.587, 0.114)
 _CB = (-0.168736, -0.331264, 0.5)
@@ -66,14 +68,6 @@ def up(x: torch.Tensor, size) -> torch.Tensor:
         x, lambda t: F.conv_transpose2d(t, k, stride=2, padding=2, output_padding=1)
     )
     return resize(y, size)
-
-
-def _check_levels(levels) -> int:
-    if isinstance(levels, bool) or not isinstance(levels, int):
-        raise TypeError(f"levels must be an int, got {type(levels).__name__}")
-    if levels < 1:
-        raise ValueError(f"levels must be >= 1, got {levels}")
-    return levels
 
 
 def laplacian_pyramid(x: torch.Tensor, levels: int = 4) -> list[torch.Tensor]:

@@ -124,7 +124,9 @@ def test_qabf_against_loops():
         for i in range(h):
             for j in range(w):
                 p = x[i : i + 3, j : j + 3]
-                gx = (p[:, 2] - p[:, 0]) @ torch.tensor([1.0, 2, 1], dtype=torch.float64)
+                # the released code's signs: gx = left - right, gy = below - above (they
+                # matter through the pi/2 assigned where gx == 0)
+                gx = (p[:, 0] - p[:, 2]) @ torch.tensor([1.0, 2, 1], dtype=torch.float64)
                 gy = (p[2] - p[0]) @ torch.tensor([1.0, 2, 1], dtype=torch.float64)
                 g[i, j] = math.sqrt(gx**2 + gy**2)
                 ang[i, j] = math.pi / 2 if gx == 0 else math.atan(gy / gx)
@@ -211,12 +213,25 @@ def test_vif_ssim_against_direct(protocol):
 
 
 @pytest.mark.parametrize("n", [3, 5, 11, 17])
-@pytest.mark.parametrize("shape", [(3, 2, 17, 17), (1, 1, 60, 131), (2, 3, 100, 49)])
+@pytest.mark.parametrize("shape", [(3, 2, 17, 17), (1, 1, 60, 131), (2, 3, 100, 49), (2, 8, 160, 90)])
 def test_filter_valid_matches_conv2d(n, shape):
     x = torch.rand(*shape, dtype=torch.float64) * 255
     t = _filters.matlab_gaussian(n, n / 5)
     want = F.conv2d(x.flatten(0, 1)[:, None], torch.outer(t, t)[None, None]).reshape(*shape[:2], shape[2] - n + 1, -1)
     assert torch.allclose(_filters.filter_valid(x, t), want, rtol=1e-12, atol=1e-9)
+    # subsampled outputs, also from a transposed (non-contiguous) view of the same data
+    xt = x.mT.contiguous().mT
+    for src in (x, xt):
+        got = _filters.filter_valid(src, t, stride=2)
+        assert got.shape == want[..., ::2, ::2].shape
+        assert torch.allclose(got, want[..., ::2, ::2], rtol=1e-12, atol=1e-9)
+    # the blocked layout for sums: same values, (..., nb, Wo, P) with element (j, c, i) = (jP + i, c)
+    # (or the plain (..., 1, Ho, Wo) where no block size divides the height)
+    blk = _filters.filter_valid_sums(x, t)
+    blocked = blk.shape[-2:] != want.shape[-2:]
+    assert blocked or shape[2] != 160 or n not in (11, 17)  # 160 rows: blocks of 10 / 16 fit
+    back = blk.transpose(-1, -2).flatten(-3, -2) if blocked else blk[..., 0, :, :]
+    assert torch.allclose(back, want, rtol=1e-12, atol=1e-9)
 
 
 # ---------------------------------------------------------------------------- batch, dtype, device

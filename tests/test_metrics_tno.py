@@ -17,16 +17,15 @@ TOL = 1e-3
 #:   matches that to 6e-5 of a level with every backend, float32 or float64, and all give the
 #:   same EN); the reference's fused pixels evidently left the 1e-4 snap band in float
 #:   rounding (e.g. TF32 convolutions), so truncation moved them a level.
-#: - Qabf: an unexplained spread of a few 1e-4 on every fusion (also 'vis' and 'ir', where the
-#:   other five metrics agree to 1e-6), reaching 1.1e-3 .. 1.8e-3 on these fused images.
 KNOWN = {
     ("34.png", "laplacian_half", "EN"), ("37.png", "laplacian_half", "EN"),
     ("41.png", "laplacian_half", "EN"),
-    ("01.png", "laplacian_heuristic", "Qabf"), ("11.png", "blend_heuristic", "Qabf"),
-    ("12.png", "laplacian_heuristic", "Qabf"), ("12.png", "laplacian_half", "Qabf"),
-    ("34.png", "laplacian_half", "Qabf"),
 }
 KNOWN_TOL = 1e-2
+#: Qabf reproduces the released code to ~5e-7 where the fusion is exact arithmetic ('vis', 'ir',
+#: 'laplacian_half'); checked tightly there because its Sobel sign convention is easy to lose
+#: (a flipped gx moves Qabf by a few 1e-4, inside TOL).
+TIGHT = {("vis", "Qabf"): 1e-5, ("ir", "Qabf"): 1e-5, ("laplacian_half", "Qabf"): 1e-5}
 
 
 def fusions(vis, ir):
@@ -69,7 +68,8 @@ def test_tno_reference(reference, data_dir):
             for m, values in ref["per_image"].items():
                 want, have = float(values[i]), got[label][m]
                 err = abs(have - want) / max(1.0, abs(want))
-                if not err <= (KNOWN_TOL if (fn, label, m) in KNOWN else TOL):
+                tol = KNOWN_TOL if (fn, label, m) in KNOWN else TIGHT.get((label, m), TOL)
+                if not err <= tol:
                     bad.append(f"{fn} {label} {m}: got {have:.6f}, reference {want:.6f} (error {err:.2e})")
     assert not bad, f"{len(bad)} value(s) off by more than {TOL}:\n" + "\n".join(bad)
 

@@ -69,8 +69,28 @@ def check_inputs(vis, ir, fused, *, check_range: bool = True):
 
 def truncate(x: torch.Tensor) -> torch.Tensor:
     """floor(x), except that a value within ``SNAP`` of an integer counts as that integer."""
+    # floor(x) is r = round(x) where x >= r, else r - 1; x counts as r where r - x <= SNAP.
+    # r - x is exact (Sterbenz: |x - r| <= 0.5), so this is the rule above to the last bit,
+    # in four passes instead of six.
     r = torch.round(x)
-    return torch.where((x - r).abs() <= SNAP, r, torch.floor(x))
+    return r.sub_((r - x).gt_(SNAP))
+
+
+#: float64 values this close to an integer are taken as that 8-bit level (see snap_levels)
+LEVEL_SNAP = 3e-5
+
+
+def snap_levels(x255: torch.Tensor) -> torch.Tensor:
+    """Move float64 values within ``LEVEL_SNAP`` of an integer onto it, in place.
+
+    8-bit data often reaches float64 through float32 (v / 255 rounded to float32 is off by up to
+    ~6e-8 relative, i.e. 1.5e-5 after scaling), or as v / 255 * 255 with a last-bit error. Such
+    values must behave exactly like the levels they are: Qabf's protocol has jumps at gS == gF
+    and gx == 0 that a 1e-5 wobble would otherwise flip. Values that are not levels move by at
+    most LEVEL_SNAP, far below every metric's precision.
+    """
+    r = torch.round(x255)
+    return torch.where((x255 - r).abs_() <= LEVEL_SNAP, r, x255)
 
 
 def gray(x255: torch.Tensor, protocol: str) -> torch.Tensor:
@@ -108,6 +128,8 @@ class Prepared:
         self.dtype = dt
         # scale by 255 in the work dtype: v / 255 * 255 == v for 8-bit levels in float32
         self.a, self.b, self.f = (t.to(dt) * 255.0 for t in (vis, ir, fused))
+        if dt == torch.float64:
+            self.a, self.b, self.f = (snap_levels(t) for t in (self.a, self.b, self.f))
         self.ga, self.gb, self.gf = (gray(t, self.protocol) for t in (self.a, self.b, self.f))
         self.batch = vis.shape[0]
         self.cache: dict = {}  # derived maps shared between metrics

@@ -1,6 +1,7 @@
 """Gradient metrics: Qabf, Nabf (edge transfer and artifacts), AG, SF. All on gray images 0..255.
 
-Qabf (Xydeas & Petrovic): Sobel gx, gy (zero padding, same size); strength g = sqrt(gx^2 + gy^2),
+Qabf (Xydeas & Petrovic): Sobel gx, gy (zero padding, same size; the released code's signs,
+gx = left - right and gy = below - above, see :func:`sobel_xy`); strength g = sqrt(gx^2 + gy^2),
 angle a = atan(gy / gx) (pi/2 where gx = 0). For a source S and the fused F:
 
     G_SF = gF / gS if gS > gF, gS / gF if gS < gF; where gS == gF: gF (paper) or 1 (standard)
@@ -33,24 +34,34 @@ _TA, _KA, _DA = 0.9879, -22.0, 0.8
 
 
 def sobel_xy(x: torch.Tensor):
-    """Sobel gx, gy of (B, C, H, W) with zero padding; each (B, C, H, W). (Signs are irrelevant
-    to every use here: strengths and atan(gy/gx) do not change when both flip.)
+    """Sobel gx, gy of (B, C, H, W) with zero padding; each (B, C, H, W).
 
-    Separable, by shifted slices: a 3x3 ``conv2d`` is several times slower on CPUs. Exact for
-    integer levels in float32 (all partial sums are small integers)."""
+    The signs follow the released evaluation (MATLAB ``conv2`` with the usual Sobel kernels, one
+    of which it flips): gx = left - right and gy = below - above, each column/row weighted 1-2-1.
+    They matter: the angle is atan(gy / gx) but pi/2 where gx == 0, and with the opposite
+    relative sign such pixels compare against angles of the wrong sign (Qabf off by ~1e-4 on
+    real images). Separable, by shifted slices: a 3x3 ``conv2d`` is several times slower on
+    CPUs. Exact for integer levels in float32 (all partial sums are small integers)."""
     xp = F.pad(x, (1, 1, 1, 1))
-    dx = xp[..., :, 2:] - xp[..., :, :-2]  # (B, C, H+2, W): horizontal differences
+    dx = xp[..., :, :-2] - xp[..., :, 2:]  # (B, C, H+2, W): left - right
     sy = xp[..., :, 2:] + xp[..., :, :-2]
     sy += 2.0 * xp[..., :, 1:-1]  # (B, C, H+2, W): horizontal [1, 2, 1]
     gx = dx[..., :-2, :] + dx[..., 2:, :]
     gx += 2.0 * dx[..., 1:-1, :]
-    gy = sy[..., 2:, :] - sy[..., :-2, :]
+    gy = sy[..., 2:, :] - sy[..., :-2, :]  # below - above
     return gx, gy
+
+
+#: |gx| at or below this counts as gx == 0 for the angle. The Sobel response of level-exact
+#: images is an integer; 8-bit data that reached us with float rounding (e.g. float32 v/255 cast
+#: to float64 and scaled) leaves |gx| ~ 1e-5 where it should be 0, and the angle would then be
+#: -pi/2 instead of the protocol's pi/2 -- a jump, not a rounding error.
+GX_ZERO = 1e-3
 
 
 def strength_angle(gx: torch.Tensor, gy: torch.Tensor):
     g = torch.addcmul(gx * gx, gy, gy).sqrt_()
-    zero = gx == 0
+    zero = gx.abs() <= GX_ZERO
     a = torch.div(gy, gx.masked_fill(zero, 1.0)).atan_().masked_fill_(zero, math.pi / 2)
     return g, a
 
@@ -75,23 +86,23 @@ def _q_maps(x: Prepared):
 
 
 def _compute_q_maps(x: Prepared):
+    """Strengths g (B, 3, H, W) of A, B, F and the weighted Q_SF * gS (B, 2, H, W) of A, B."""
     gx, gy = x.sobel  # (B, 3, H, W): A, B, F
     g, a = strength_angle(gx, gy)
     q = edge_preservation(g[:, :2], a[:, :2], g[:, 2:], a[:, 2:], x.protocol)  # (B, 2, H, W)
-    return g, q
+    return g, q.mul_(g[:, :2])
 
 
 def qabf_prepared(x: Prepared) -> torch.Tensor:
-    g, q = _q_maps(x)
-    gs = g[:, :2]
-    return (q * gs).sum(dim=(1, 2, 3), dtype=torch.float64) / gs.sum(dim=(1, 2, 3), dtype=torch.float64)
+    g, qg = _q_maps(x)
+    return qg.sum(dim=(1, 2, 3), dtype=torch.float64) / g[:, :2].sum(dim=(1, 2, 3), dtype=torch.float64)
 
 
 def nabf_prepared(x: Prepared) -> torch.Tensor:
-    g, q = _q_maps(x)
+    g, qg = _q_maps(x)
     gs, gf = g[:, :2], g[:, 2:]
     am = (gf > gs).all(dim=1, keepdim=True)
-    art = torch.where(am, (1.0 - q) * gs, 0.0)
+    art = torch.where(am, gs - qg, 0.0)  # (1 - Q_SF) gS where F's edge beats both sources'
     return art.sum(dim=(1, 2, 3), dtype=torch.float64) / gs.sum(dim=(1, 2, 3), dtype=torch.float64)
 
 

@@ -11,13 +11,14 @@ SSIM = SSIM(gray A, gray F) + SSIM(gray B, gray F), each the mean of the SSIM ma
 - standard: the textbook constants for 8-bit data, C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2.
 
 CC = (r(A, F) + r(B, F)) / 2 and SCD = r(F - B, A) + r(F - A, B), with r the Pearson correlation
-over all pixels (Aslantas & Bendes' sum of the correlations of differences).
+over all pixels (Aslantas & Bendes' sum of the correlations of differences); both from the 3x3
+covariance matrix of A, B, F (covariances are bilinear, so r(F - B, A) needs no difference image).
 """
 from __future__ import annotations
 
 import torch
 
-from ._filters import filter_valid, matlab_gaussian
+from ._filters import filter_valid_sums, matlab_gaussian
 from ._prep import Prepared
 
 SSIM_WINDOW = 11
@@ -40,7 +41,7 @@ def ssim_pairs(maps: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
         (B, 2) float64.
     """
     taps = matlab_gaussian(SSIM_WINDOW, SSIM_SIGMA, dtype=maps.dtype, device=maps.device)
-    m = filter_valid(maps, taps)
+    m = filter_valid_sums(maps, taps)  # blocked layout: fine for elementwise maths and a mean
     mu, sq, cross = m[:, :3], m[:, 3:6], m[:, 6:8]
     mx, my = mu[:, :2], mu[:, 2:]
     mm = mu * mu
@@ -48,7 +49,7 @@ def ssim_pairs(maps: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
     sxy = torch.addcmul(cross, mx, my, value=-1.0)
     num = (mx * my).mul_(2.0).add_(c1).mul_(sxy.mul_(2.0).add_(c2))
     den = (mm[:, :2] + mm[:, 2:]).add_(c1).mul_((var[:, :2] + var[:, 2:]).add_(c2))
-    return num.div_(den).mean(dim=(-2, -1))
+    return num.div_(den).mean(dim=(-3, -2, -1))
 
 
 def ssim_prepared(x: Prepared) -> torch.Tensor:
@@ -56,14 +57,6 @@ def ssim_prepared(x: Prepared) -> torch.Tensor:
     if min(g.shape[-2:]) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least 11x11 pixels, got {g.shape[-1]}x{g.shape[-2]}")
     return ssim_pairs(x.moment_maps, *ssim_constants(x.protocol)).sum(dim=1)
-
-
-def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation over the last dims (all but the first two) -> (B, R)."""
-    dims = tuple(range(2, x.dim()))
-    xc = x - x.mean(dim=dims, keepdim=True)
-    yc = y - y.mean(dim=dims, keepdim=True)
-    return (xc * yc).sum(dims) / torch.sqrt((xc * xc).sum(dims) * (yc * yc).sum(dims))
 
 
 def _covariances(x: Prepared) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._filters import filter_valid, matlab_gaussian
+from ._filters import filter_valid, filter_valid_sums, matlab_gaussian
 from ._prep import Prepared, moment_maps
 
 EPS = 1e-10
@@ -42,8 +42,13 @@ def vif_terms(x: torch.Tensor, maps: torch.Tensor | None = None):
         taps = matlab_gaussian(n, n / 5.0, dtype=x.dtype, device=x.device)
         if scale > 1:
             x = filter_valid(x, taps, stride=2)  # filter, then keep every second row and column
+            if x.stride(-1) != 1:
+                # filter_valid stores its result transposed; VIF's sums do not depend on the
+                # orientation, and building the maps from a transposed view would be slow
+                x = x.transpose(-2, -1)
             maps = None
-        m = filter_valid(moment_maps(x) if maps is None else maps, taps)
+        # local moments, in a layout good only for the elementwise maths and sums below
+        m = filter_valid_sums(moment_maps(x) if maps is None else maps, taps)
         mu, sq, cross = m[:, :3], m[:, 3:6], m[:, 6:8]
         s = torch.addcmul(sq, mu, mu, value=-1.0).clamp_min_(0)  # variances of A, B, F
         s1, s2 = s[:, :2], s[:, 2:]
@@ -55,8 +60,8 @@ def vif_terms(x: torch.Tensor, maps: torch.Tensor | None = None):
         g.masked_fill_(flat1 | (s2 < EPS) | (g < 0), 0.0)
         sv = torch.addcmul(s2, g, s12, value=-1.0).clamp_min_(EPS).add_(SIGMA_NSQ)
         t = (g * g).mul_(s1).div_(sv).add_(1.0).log10_()
-        num += t.sum(dim=(-2, -1))
-        den += s1.masked_fill(flat1, 0.0).div_(SIGMA_NSQ).add_(1.0).log10_().sum(dim=(-2, -1))
+        num += t.sum(dim=(-3, -2, -1))
+        den += s1.masked_fill(flat1, 0.0).div_(SIGMA_NSQ).add_(1.0).log10_().sum(dim=(-3, -2, -1))
     return num, den
 
 
