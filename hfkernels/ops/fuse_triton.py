@@ -227,6 +227,16 @@ if triton is not None:
         bot = (1.0 - lc) * tl.load(p1 + o0).to(one.dtype) + lc * tl.load(p1 + o1).to(one.dtype)
         return (1.0 - lr) * top + lr * bot
 
+    @triton.jit
+    def _tile(nrows, h, w, BH: tl.constexpr, BW: tl.constexpr):
+        """This program's (BH x BW) tile over ``nrows`` stacked rows of planes h rows high and w
+        wide: (g, okr, plane, r, j, okc). Rows past the end alias the last one (stores are masked)."""
+        g = tl.program_id(0) * BH + tl.arange(0, BH)
+        gc = tl.minimum(g, nrows - 1)
+        plane = gc // h
+        j = tl.program_id(1) * BW + tl.arange(0, BW)
+        return g, g < nrows, plane, gc - plane * h, j, j < w
+
     # ------------------------------------------------------------------------------------------
     # Forward kernels (rows over all B*C planes of the output level)
 
@@ -244,14 +254,9 @@ if triton is not None:
         SUB: the source is x - x2 (level 0: D = ir - vis, each through its own strides).
         BLEND: also write r = mu_{k+1} * G_{k+1} (the top of the blended pyramid)."""
         one, TP = _consts(ACC64)
-        g = tl.program_id(0) * BH + tl.arange(0, BH)
-        okr = g < nrows
-        plane = tl.minimum(g, nrows - 1) // ho  # rows past the end alias the last one (stores are masked)
-        r = tl.minimum(g, nrows - 1) - plane * ho
+        g, okr, plane, r, j, okc = _tile(nrows, ho, wo, BH, BW)
         b = (plane // C).to(tl.int64)
         c = plane.to(tl.int64) - b * C
-        j = tl.program_id(1) * BW + tl.arange(0, BW)
-        okc = j < wo
         ri, rv = _down_cands(r, okr, h, 0)
         ci, cv = _down_cands(j, okc, w, 1)
         cx = ()
@@ -296,14 +301,9 @@ if triton is not None:
         mu_0 = mu, and vis + R_0 goes to out_ptr in its dtype; otherwise mu_k is the bilinear
         resize of mu and R_k goes to out_ptr (contiguous)."""
         one, TP = _consts(ACC64)
-        g = tl.program_id(0) * BH + tl.arange(0, BH)
-        okr = g < nrows
-        plane = tl.minimum(g, nrows - 1) // h  # rows past the end alias the last one (stores are masked)
-        r = tl.minimum(g, nrows - 1) - plane * h
+        g, okr, plane, r, j, okc = _tile(nrows, h, w, BH, BW)
         b = (plane // C).to(tl.int64)
         c = plane.to(tl.int64) - b * C
-        j = tl.program_id(1) * BW + tl.arange(0, BW)
-        okc = j < w
         ri, rw, rv = _up_cands(r, okr, ch, h, FIX_H, 0, one, TP)
         ci, cwt, cv = _up_cands(j, okc, cw, w, FIX_W, 1, one, TP)
         cbase = (plane.to(tl.int64) * ch * cw)[:, None]
@@ -352,14 +352,9 @@ if triton is not None:
         h_ptr / e_ptr: level k-1 (hf x wf), read through the same strides. FIRST (k = 1):
         H_0 = grad and E_0 = mu * grad is formed on the fly (e_ptr unused)."""
         one, TP = _consts(ACC64)
-        g = tl.program_id(0) * BH + tl.arange(0, BH)
-        okr = g < nrows
-        plane = tl.minimum(g, nrows - 1) // h  # rows past the end alias the last one (stores are masked)
-        r = tl.minimum(g, nrows - 1) - plane * h
+        g, okr, plane, r, j, okc = _tile(nrows, h, w, BH, BW)
         b = (plane // C).to(tl.int64)
         c = plane.to(tl.int64) - b * C
-        j = tl.program_id(1) * BW + tl.arange(0, BW)
-        okc = j < w
         si, rw, rv = _up_adj_cands(r, okr, h, hf, FIX_H, 0, one, TP)
         sj, cwt, cv = _up_adj_cands(j, okc, w, wf, FIX_W, 1, one, TP)
         ch_ = ()
@@ -407,12 +402,7 @@ if triton is not None:
         gradient m_k = sum_c (G_k - up(G_{k+1})) * H_k. TOP (k = L): Q_L = S_L, L_L = G_L.
         All buffers contiguous; level k+1 (ch x cw planes) in qc_ptr, gc_ptr."""
         one, TP = _consts(ACC64)
-        g = tl.program_id(0) * BH + tl.arange(0, BH)
-        okr = g < nrows
-        b = tl.minimum(g, nrows - 1) // h
-        r = tl.minimum(g, nrows - 1) - b * h
-        j = tl.program_id(1) * BW + tl.arange(0, BW)
-        okc = j < w
+        g, okr, b, r, j, okc = _tile(nrows, h, w, BH, BW)
         om = okr[:, None] & okc[None, :]
         if not TOP:
             qi, qrw, qrv = _down_adj_cands(r, okr, ch, 0, TP)
@@ -461,13 +451,8 @@ if triton is not None:
         and grad_mu = m_0 + sum_{k=1..LEVELS} resize_k^T(m_k). m_ptr packs m_1..m_L
         ((B, 1, h_k, w_k) each, contiguous, in order); the level sizes are recomputed here."""
         one, TP = _consts(ACC64)
-        g = tl.program_id(0) * BH + tl.arange(0, BH)
-        okr = g < B * H
-        b = tl.minimum(g, B * H - 1) // H
-        r = tl.minimum(g, B * H - 1) - b * H
+        g, okr, b, r, j, okc = _tile(B * H, H, W, BH, BW)
         b = b.to(tl.int64)
-        j = tl.program_id(1) * BW + tl.arange(0, BW)
-        okc = j < W
         om = okr[:, None] & okc[None, :]
         qi, qrw, qrv = _down_adj_cands(r, okr, ch, 0, TP)
         qj, qcw, qcv = _down_adj_cands(j, okc, cw, 1, TP)
