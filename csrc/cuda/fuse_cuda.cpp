@@ -1,14 +1,20 @@
 // Torch glue of the CUDA backend of `hfkernels_ext::fuse` / `fuse_backward` (schemas in
 // csrc/cpu/fuse_cpu.cpp). Built only where torch has CUDA (setup.py). It builds the same 1-D
-// tables as the CPU backend (fuse_plan.h), uploads them, allocates one float32 workspace for the
-// small pyramid levels and calls the framework-free launchers of fuse_kernels.cu.
+// tables as the CPU backend (fuse_plan.h), keeps them on the device (once per device and shape,
+// see device_tables), allocates one float32 workspace for the small pyramid levels and calls the
+// framework-free launchers of fuse_kernels.cu.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "../cpu/fuse_plan.h"
@@ -18,10 +24,12 @@ namespace hfk {
 namespace {
 
 struct DevTables {
-  at::Tensor idx, w;  // keep the device memory alive while the kernels run
+  at::Tensor idx, w;  // own the device memory that the DEll pointers in h and wd point into
   cuda::DDim h, wd;
 };
 
+// Copies the tables to `dev` with blocking host-to-device copies: the host vectors are freed on
+// return, and a table that is complete before any launch may be read from every stream.
 DevTables upload(const DimPlan& hp, const DimPlan& wp, int L, const at::Device& dev) {
   std::vector<int32_t> idx;
   std::vector<float> w;
@@ -49,7 +57,6 @@ DevTables upload(const DimPlan& hp, const DimPlan& wp, int L, const at::Device& 
     w.insert(w.end(), s.first->wf.begin(), s.first->wf.end());
   }
   const auto n = static_cast<int64_t>(idx.size());
-  // from_blob + a blocking copy: the host vectors outlive the copy.
   t.idx = at::from_blob(idx.data(), {n}, at::kInt).to(dev);
   t.w = at::from_blob(w.data(), {n}, at::kFloat).to(dev);
   const int32_t* di = t.idx.data_ptr<int32_t>();
@@ -62,6 +69,35 @@ DevTables upload(const DimPlan& hp, const DimPlan& wp, int L, const at::Device& 
     e.n_out = static_cast<int>(slots[i].first->n_out);
   }
   return t;
+}
+
+// The tables of (device, H, W, levels), uploaded on first use and then reused, so that a forward
+// or backward issues no host-to-device copy (no stream stall; capturable in a CUDA graph once
+// the shape has run before capture, as any warm-up does). Entries are never freed: kernels of
+// earlier calls may still read them on any stream. Past kMaxCached shapes per process a new
+// shape gets fresh tables per call, freed on the calling stream after its kernels (stream order
+// makes that safe), so memory stays bounded when shapes keep changing.
+std::shared_ptr<const DevTables> device_tables(int64_t H, int64_t W, int L, const at::Device& dev) {
+  constexpr size_t kMaxCached = 256;
+  using Key = std::tuple<int, int64_t, int64_t, int>;
+  static std::mutex mutex;
+  // Leaked on purpose: destroying device tensors at process exit may run after CUDA shut down.
+  static auto* cache = new std::map<Key, std::shared_ptr<const DevTables>>();
+  const Key key{dev.index(), H, W, L};
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    auto it = cache->find(key);
+    if (it != cache->end()) return it->second;
+  }
+  TORCH_CHECK(c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None,
+              "hfkernels_ext::fuse (CUDA): the first call for shape (H=", H, ", W=", W, ", levels=", L,
+              ") on this device uploads its tables and cannot run inside CUDA graph capture; "
+              "run it once before capturing");
+  const auto hpl = cached_dim_plan(H, L), wpl = cached_dim_plan(W, L);
+  auto tables = std::make_shared<const DevTables>(upload(*hpl, *wpl, L, dev));
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (cache->size() < kMaxCached) cache->emplace(key, tables);  // a racing twin keeps the first
+  return tables;
 }
 
 void check_inputs(const at::Tensor& vis, const at::Tensor& ir, const at::Tensor& mu, int64_t levels) {
@@ -96,9 +132,8 @@ at::Tensor fuse_cuda(const at::Tensor& vis_, const at::Tensor& ir_, const at::Te
   const c10::cuda::CUDAGuard guard(vis_.device());
   const auto vis = vis_.contiguous(), ir = ir_.contiguous(), mu = mu_.contiguous();
   const int L = static_cast<int>(levels);
-  const auto hpl = cached_dim_plan(vis.size(2), L), wpl = cached_dim_plan(vis.size(3), L);
-  const DimPlan &hp = *hpl, &wp = *wpl;
-  DevTables t = upload(hp, wp, L, vis.device());
+  const auto tables = device_tables(vis.size(2), vis.size(3), L, vis.device());
+  const DevTables& t = *tables;
   cuda::FuseShape s;
   s.B = static_cast<int>(vis.size(0));
   s.C = static_cast<int>(vis.size(1));
@@ -129,9 +164,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_cuda(const at::Tens
   const auto vis = vis_.contiguous(), ir = ir_.contiguous(), mu = mu_.contiguous();
   const auto grad = grad_.to(vis.scalar_type()).contiguous();
   const int L = static_cast<int>(levels);
-  const auto hpl = cached_dim_plan(vis.size(2), L), wpl = cached_dim_plan(vis.size(3), L);
-  const DimPlan &hp = *hpl, &wp = *wpl;
-  DevTables t = upload(hp, wp, L, vis.device());
+  const auto tables = device_tables(vis.size(2), vis.size(3), L, vis.device());
+  const DevTables& t = *tables;
   cuda::FuseShape s;
   s.B = static_cast<int>(vis.size(0));
   s.C = static_cast<int>(vis.size(1));

@@ -1,0 +1,58 @@
+"""The CUDA fuse ops keep their index/weight tables on the device between calls.
+
+So after one call per shape a forward or backward issues no host-to-device copy, and both can be
+captured in a CUDA graph and replayed; a first call for a new shape inside capture fails with a
+message that says to run it once before. Needs the extension built with CUDA and a GPU.
+"""
+import pytest
+import torch
+
+from hfkernels import _ext
+from hfkernels import reference as ref
+
+pytestmark = pytest.mark.skipif(
+    not (_ext.HAS_CUDA and torch.cuda.is_available()), reason="needs the extension built with CUDA and a CUDA device"
+)
+
+
+def _inputs(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    b, c, h, w = shape
+    return [torch.rand(*s, generator=g).cuda() for s in ((b, c, h, w), (b, 1, h, w), (b, 1, h, w))]
+
+
+def test_fuse_and_backward_replay_in_a_cuda_graph():
+    shape, levels = (2, 3, 48, 80), 4
+    ops = torch.ops.hfkernels_ext
+    vis, ir, mu = _inputs(shape, 0)
+    grad = torch.rand(shape, generator=torch.Generator().manual_seed(1)).cuda()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up: the first call per shape uploads the tables
+        ops.fuse(vis, ir, mu, levels)
+        ops.fuse_backward(grad, vis, ir, mu, levels)
+    torch.cuda.current_stream().wait_stream(side)
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = ops.fuse(vis, ir, mu, levels)
+        gvis, gir, gmu = ops.fuse_backward(grad, vis, ir, mu, levels)
+
+    for seed in (2, 3):  # new inputs in the captured buffers, then replay
+        for dst, src in zip((vis, ir, mu), _inputs(shape, seed)):
+            dst.copy_(src)
+        graph.replay()
+        torch.cuda.synchronize()
+        want = ref.fuse(vis.double(), ir.double(), mu.double(), levels)
+        torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+        want_g = ops.fuse_backward(grad, vis, ir, mu, levels)  # eager, same tables
+        for got, exp in zip((gvis, gir, gmu), want_g):
+            torch.testing.assert_close(got, exp)
+
+
+def test_first_call_for_a_shape_inside_capture_names_the_fix():
+    vis, ir, mu = _inputs((1, 1, 37, 53), 4)  # a shape no other test uses: its tables are not there yet
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="run it once before capturing"):
+        with torch.cuda.graph(graph):
+            torch.ops.hfkernels_ext.fuse(vis, ir, mu, 3)
