@@ -143,7 +143,7 @@ _COMPILE_SCRIPT = textwrap.dedent("""
         sig = {n: "constexpr" if n in consts else (ptr if n.endswith("_ptr") else "i32") for n in kernel.arg_names}
         triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32))
 
-    t = dict(BH=8, BW=64)
+    t = dict(BH=4, BW=64)  # the GPU launcher's tile for wide levels
     compile_(ft._down_kernel, "*bf16", dict(SUB=True, BLEND=True, ACC64=False, C=1, **t))
     compile_(ft._down_kernel, "*fp32", dict(SUB=False, BLEND=False, ACC64=False, **t))
     compile_(ft._up_blend_kernel, "*fp16", dict(FIRST=True, FIX_H=True, FIX_W=False, ACC64=False, **t))
@@ -153,6 +153,8 @@ _COMPILE_SCRIPT = textwrap.dedent("""
     compile_(ft._down_adjoint_kernel, "*fp32", dict(TOP=True, FIX_H=False, FIX_W=False, ACC64=False, **t))
     compile_(ft._down_adjoint_kernel, "*fp32", dict(TOP=False, FIX_H=True, FIX_W=False, ACC64=False, **t))
     compile_(ft._final_kernel, "*bf16", dict(LEVELS=3, IR_BCAST=True, FIX_H=True, FIX_W=False, ACC64=False, B=1, H=1, **t))
+    compile_(ft._final_kernel, "*fp64", dict(LEVELS=2, IR_BCAST=False, FIX_H=False, FIX_W=True, ACC64=True, **t))
+    compile_(ft._down_adjoint_kernel, "*fp64", dict(TOP=False, FIX_H=True, FIX_W=True, ACC64=True, **t))
     print("compiled")
 """)
 

@@ -80,20 +80,27 @@ if triton is not None:
     # Layout shared by all kernels: a program owns a BH x BW tile whose rows run over the
     # stacked planes (row g = plane * h + r), so tiles of small levels cover many planes at
     # once; columns are contiguous in memory (coalesced loads and stores). Every gather is
-    # separable: per-dimension candidate indices, weights and masks are computed once per tile
-    # as tuples of 1-D vectors (expanded along their axis), then the 2-D taps only add offsets,
-    # load and accumulate, rows outermost (one row partial sum per row candidate).
+    # separable: the per-column candidate source indices, weights and masks are computed once
+    # per tile as tuples of [1, BW] vectors; the row candidates are visited in a runtime loop
+    # (computed per iteration, [BH, 1]) that loads and accumulates one candidate row at a time.
+    # The runtime row loop is what keeps these kernels small: fully unrolled, the compiler
+    # hoists every tap's load and address (the 7 x 7 gather of _up_adjoint_kernel took 255
+    # registers and spilled on sm_90; benchmarks/resources.py measures them all).
 
     @triton.jit
-    def _consts(ACC64: tl.constexpr):
-        """(one, TP): a scalar 1 in the compute dtype (float64 if ACC64 else float32) and the
-        tuple TP with TP[d + 4] = t_d for d in -4..4 (zero outside -2..2)."""
+    def _one(ACC64: tl.constexpr):
+        """A scalar 1 in the compute dtype (float64 if ACC64 else float32)."""
         if ACC64:
             one = tl.full([], 1.0, tl.float64)
         else:
             one = tl.full([], 1.0, tl.float32)
-        z = one * 0.0
-        return one, (z, z, one * _T2, one * _T1, one * _T0, one * _T1, one * _T2, z, z)
+        return one
+
+    @triton.jit
+    def _tap(d, one):
+        """t_d, the 1-D pyramid tap at integer offset(s) d (zero for |d| > 2), in one's dtype."""
+        ad = tl.abs(d)
+        return tl.where(ad == 0, one * _T0, tl.where(ad == 1, one * _T1, tl.where(ad == 2, one * _T2, one * 0.0)))
 
     @triton.jit
     def _linear(dst, n_in, n_out, one):
@@ -105,110 +112,125 @@ if triton is not None:
         i1 = tl.where(i0 < n_in - 1, i0 + 1, i0)
         return i0, i1, src - i0.to(one.dtype)
 
-    @triton.jit
-    def _down_cands(o, ok, n, AXIS: tl.constexpr):
-        """down(): the 5 source indices 2o-2 .. 2o+2 of outputs o (weights TP[a + 2]), masks."""
-        idx = ()
-        val = ()
-        for a in tl.static_range(5):
-            i = 2 * o - 2 + a
-            idx = idx + (tl.expand_dims(i, 1 - AXIS),)
-            val = val + (tl.expand_dims(ok & (i >= 0) & (i < n), 1 - AXIS),)
-        return idx, val
+    # One candidate of each 1-D gather: (source indices, weights, masks) of candidate ``a`` for
+    # destination indices ``p`` (1-D vectors; ``ok`` masks p). ``a`` is a compile-time constant
+    # for columns and a loop variable for rows.
 
     @triton.jit
-    def _up_cands(p, ok, nc, n, FIX: tl.constexpr, AXIS: tl.constexpr, one, TP):
-        """up(., n) from nc: the coarse indices feeding fine indices p, their weights and masks.
+    def _down_cand(p, ok, n, a, one):
+        """down() from length n, a = 0..4: source 2p - 2 + a, weight t_{a-2}."""
+        i = 2 * p - 2 + a
+        return i, _tap(a - 2, one), ok & (i >= 0) & (i < n)
 
-        The transposed convolution gives fine index q the taps 2 t_{q - 2i}; with the size fix
-        (FIX: n = 2 nc - 1) q runs over the bilinear sources i0 (weight 1 - lam) and i1 (lam)
-        of p in the 2 nc grid. Coarse candidates: p//2 - 1 + (0..2), or i0//2 - 1 + (0..3)
-        with the fix; the offsets q - 2i are then known from parities, so every weight is a
-        select between constant taps."""
-        idx = ()
-        wgt = ()
-        val = ()
+    @triton.jit
+    def _up_cand(p, ok, nc, n, FIX: tl.constexpr, a, one):
+        """up(., n) from nc. The transposed convolution gives fine index q the taps 2 t_{q - 2i};
+        with the size fix (FIX: n = 2 nc - 1) q runs over the bilinear sources i0 (weight
+        1 - lam) and i1 (lam) of p in the 2 nc grid. Coarse candidates: i = p//2 - 1 + a
+        (a = 0..2), or i0//2 - 1 + a (a = 0..3) with the fix."""
         if FIX:
             i0, i1, lam = _linear(p, 2 * nc, n, one)
-            par = i0 % 2
-            s = par + (i1 - i0)  # (i1 - 2i) - (2 - 2a)
-            for a in tl.static_range(4):
-                i = i0 // 2 - 1 + a
-                w0 = tl.where(par == 1, TP[7 - 2 * a], TP[6 - 2 * a])
-                w1 = tl.where(s == 0, TP[6 - 2 * a], tl.where(s == 1, TP[7 - 2 * a], TP[8 - 2 * a]))
-                idx = idx + (tl.expand_dims(i, 1 - AXIS),)
-                wgt = wgt + (tl.expand_dims(2.0 * ((1.0 - lam) * w0 + lam * w1), 1 - AXIS),)
-                val = val + (tl.expand_dims(ok & (i >= 0) & (i < nc), 1 - AXIS),)
+            i = i0 // 2 - 1 + a
+            w = 2.0 * ((1.0 - lam) * _tap(i0 - 2 * i, one) + lam * _tap(i1 - 2 * i, one))
         else:
-            par = p % 2
-            for a in tl.static_range(3):
-                i = p // 2 - 1 + a
-                idx = idx + (tl.expand_dims(i, 1 - AXIS),)
-                wgt = wgt + (tl.expand_dims(2.0 * tl.where(par == 1, TP[7 - 2 * a], TP[6 - 2 * a]), 1 - AXIS),)
-                val = val + (tl.expand_dims(ok & (i >= 0) & (i < nc), 1 - AXIS),)
-        return idx, wgt, val
-
-    @triton.jit
-    def _up_adj_cands(i, ok, nc, nf, FIX: tl.constexpr, AXIS: tl.constexpr, one, TP):
-        """Adjoint of up(., nf) from nc, gathered from the fine side: the fine indices s that
-        coarse indices i feed, with weights and masks. Without the fix: s = 2i-2 .. 2i+2 with
-        2 t_{s-2i}. With it (nf = 2 nc - 1, a downscale by 1 + 1/nf) the bilinear source of s
-        is s (1 - lam) and s + 1 (lam), exactly in floating point for nf < 2^23, so
-        s = 2i-3 .. 2i+3 covers every contribution and lam repeats the forward's arithmetic."""
-        idx = ()
-        wgt = ()
-        val = ()
-        if FIX:
-            scale = ((2 * nc) * one) / (nf * one)
-            for a in tl.static_range(7):
-                s = 2 * i - 3 + a
-                sf = s.to(one.dtype)
-                lam = (sf + 0.5) * scale - 0.5 - sf
-                idx = idx + (tl.expand_dims(s, 1 - AXIS),)
-                wgt = wgt + (tl.expand_dims(2.0 * ((1.0 - lam) * TP[a + 1] + lam * TP[a + 2]), 1 - AXIS),)
-                val = val + (tl.expand_dims(ok & (s >= 0) & (s < nf), 1 - AXIS),)
-        else:
-            for a in tl.static_range(5):
-                s = 2 * i - 2 + a
-                idx = idx + (tl.expand_dims(s, 1 - AXIS),)
-                wgt = wgt + (2.0 * TP[a + 2],)
-                val = val + (tl.expand_dims(ok & (s >= 0) & (s < nf), 1 - AXIS),)
-        return idx, wgt, val
-
-    @triton.jit
-    def _down_adj_cands(p, ok, nc, AXIS: tl.constexpr, TP):
-        """Adjoint of down(): the 3 coarse indices i whose window covers fine indices p, with
-        t_{p - 2i} and masks."""
-        idx = ()
-        wgt = ()
-        val = ()
-        par = p % 2
-        for a in tl.static_range(3):
             i = p // 2 - 1 + a
-            idx = idx + (tl.expand_dims(i, 1 - AXIS),)
-            wgt = wgt + (tl.expand_dims(tl.where(par == 1, TP[7 - 2 * a], TP[6 - 2 * a]), 1 - AXIS),)
-            val = val + (tl.expand_dims(ok & (i >= 0) & (i < nc), 1 - AXIS),)
+            w = 2.0 * _tap(p - 2 * i, one)
+        return i, w, ok & (i >= 0) & (i < nc)
+
+    @triton.jit
+    def _up_adj_cand(i, ok, nc, nf, FIX: tl.constexpr, a, one):
+        """Adjoint of up(., nf) from nc, gathered from the fine side: fine index s fed by coarse
+        indices i. Without the fix: s = 2i - 2 + a (a = 0..4), weight 2 t_{s-2i}. With it
+        (nf = 2 nc - 1, a downscale by 1 + 1/nf) the bilinear source of s is s (1 - lam) and
+        s + 1 (lam), exactly in floating point for nf < 2^23, so s = 2i - 3 + a (a = 0..6)
+        covers every contribution and lam repeats the forward's arithmetic."""
+        if FIX:
+            s = 2 * i - 3 + a
+            sf = s.to(one.dtype)
+            lam = (sf + 0.5) * (((2 * nc) * one) / (nf * one)) - 0.5 - sf
+            w = 2.0 * ((1.0 - lam) * _tap(a - 3, one) + lam * _tap(a - 2, one))
+        else:
+            s = 2 * i - 2 + a
+            w = 2.0 * _tap(a - 2, one)
+        return s, w, ok & (s >= 0) & (s < nf)
+
+    @triton.jit
+    def _down_adj_cand(p, ok, nc, a, one):
+        """Adjoint of down() to nc: coarse index i = p//2 - 1 + a (a = 0..2) whose window covers
+        fine index p, weight t_{p - 2i}."""
+        i = p // 2 - 1 + a
+        return i, _tap(p - 2 * i, one), ok & (i >= 0) & (i < nc)
+
+    @triton.jit
+    def _resize_adj_cand(p, ok, n_full, n, a, one):
+        """Adjoint of the bilinear resize n_full -> n, gathered at full-resolution indices p:
+        candidate a (0..3) around the inverse map; the weight repeats the forward's arithmetic
+        and keeps the share that lands on p, so no rounded inverse decides a match."""
+        centre = (p.to(one.dtype) + 0.5) * ((n * one) / (n_full * one)) - 0.5  # >= -0.5
+        i = (centre + 1.0).to(tl.int32) - 2 + a  # floor(centre) - 1 + a
+        i0, i1, lam = _linear(i, n_full, n, one)
+        v = ok & (i >= 0) & (i < n)
+        w = tl.where(i0 == p, 1.0 - lam, 0.0) + tl.where(i1 == p, lam, 0.0)
+        return i, tl.where(v, w, 0.0), v
+
+    # Column tuples: every candidate of a gather at columns j as [1, BW] vectors (a weight
+    # that does not depend on j stays a scalar).
+
+    @triton.jit
+    def _cols(idx, wgt, val, i, w, v):
+        return idx + (i[None, :],), wgt + (w,), val + (v[None, :],)
+
+    @triton.jit
+    def _down_cols(j, ok, n, one):
+        idx, wgt, val = (), (), ()
+        for a in tl.static_range(5):
+            i, w, v = _down_cand(j, ok, n, a, one)
+            idx, wgt, val = _cols(idx, wgt, val, i, w, v)
         return idx, wgt, val
 
     @triton.jit
-    def _resize_adj_cands(p, ok, n_full, n, AXIS: tl.constexpr, one):
-        """Adjoint of the bilinear resize n_full -> n, gathered at full-resolution indices p:
-        4 candidates around the inverse map; each weight repeats the forward's arithmetic and
-        keeps the share that lands on p, so no rounded inverse decides a match."""
-        idx = ()
-        wgt = ()
-        val = ()
-        centre = (p.to(one.dtype) + 0.5) * ((n * one) / (n_full * one)) - 0.5  # >= -0.5
-        base = (centre + 1.0).to(tl.int32) - 2  # floor(centre) - 1
-        for a in tl.static_range(4):
-            i = base + a
-            i0, i1, lam = _linear(i, n_full, n, one)
-            v = ok & (i >= 0) & (i < n)
-            w = tl.where(i0 == p, 1.0 - lam, 0.0) + tl.where(i1 == p, lam, 0.0)
-            idx = idx + (tl.expand_dims(i, 1 - AXIS),)
-            wgt = wgt + (tl.expand_dims(tl.where(v, w, 0.0), 1 - AXIS),)
-            val = val + (tl.expand_dims(v, 1 - AXIS),)
+    def _up_cols(j, ok, nc, n, FIX: tl.constexpr, one):
+        idx, wgt, val = (), (), ()
+        for a in tl.static_range(3 + FIX):
+            i, w, v = _up_cand(j, ok, nc, n, FIX, a, one)
+            idx, wgt, val = _cols(idx, wgt, val, i, w[None, :], v)
         return idx, wgt, val
+
+    @triton.jit
+    def _up_adj_cols(j, ok, nc, nf, FIX: tl.constexpr, one):
+        idx, wgt, val = (), (), ()
+        for a in tl.static_range(5 + 2 * FIX):
+            i, w, v = _up_adj_cand(j, ok, nc, nf, FIX, a, one)
+            if FIX:
+                w = w[None, :]
+            idx, wgt, val = _cols(idx, wgt, val, i, w, v)
+        return idx, wgt, val
+
+    @triton.jit
+    def _down_adj_cols(j, ok, nc, one):
+        idx, wgt, val = (), (), ()
+        for a in tl.static_range(3):
+            i, w, v = _down_adj_cand(j, ok, nc, a, one)
+            idx, wgt, val = _cols(idx, wgt, val, i, w[None, :], v)
+        return idx, wgt, val
+
+    @triton.jit
+    def _resize_adj_cols(j, ok, n_full, n, one):
+        idx, wgt, val = (), (), ()
+        for a in tl.static_range(4):
+            i, w, v = _resize_adj_cand(j, ok, n_full, n, a, one)
+            idx, wgt, val = _cols(idx, wgt, val, i, w[None, :], v)
+        return idx, wgt, val
+
+    @triton.jit
+    def _gather_row(ptr, row, ci, cw, cv, rv, N: tl.constexpr, one):
+        """sum_e cw[e] * ptr[row + ci[e]] over one candidate row: ``row`` [BH, 1] offsets, ``rv``
+        [BH, 1] its mask, ci/cw/cv the column tuples (N candidates)."""
+        p = ptr + row
+        acc = tl.zeros([row.shape[0], ci[0].shape[1]], dtype=one.dtype)
+        for e in tl.static_range(N):
+            acc += cw[e] * tl.load(p + ci[e], mask=rv & cv[e], other=0.0).to(one.dtype)
+        return acc
 
     @triton.jit
     def _bilinear_at(mu_ptr, rbase, r, j, H0, W0, h, w, smh, smw, one):
@@ -253,31 +275,31 @@ if triton is not None:
 
         SUB: the source is x - x2 (level 0: D = ir - vis, each through its own strides).
         BLEND: also write r = mu_{k+1} * G_{k+1} (the top of the blended pyramid)."""
-        one, TP = _consts(ACC64)
+        one = _one(ACC64)
         g, okr, plane, r, j, okc = _tile(nrows, ho, wo, BH, BW)
         b = (plane // C).to(tl.int64)
         c = plane.to(tl.int64) - b * C
-        ri, rv = _down_cands(r, okr, h, 0)
-        ci, cv = _down_cands(j, okc, w, 1)
+        ci, cw, cv = _down_cols(j, okc, w, one)
         cx = ()
         c2 = ()
         for e in tl.static_range(5):
             cx = cx + (ci[e] * sxw,)
             c2 = c2 + (ci[e] * s2w,)
-        xrow = (b * sxb + c * sxc)[:, None]
-        x2row = (b * s2b + c * s2c)[:, None]
+        xrow = b * sxb + c * sxc
+        x2row = b * s2b + c * s2c
         acc = tl.zeros([BH, BW], dtype=one.dtype)
-        for a in tl.static_range(5):
-            xr = x_ptr + (xrow + ri[a] * sxh)
-            x2r = x2_ptr + (x2row + ri[a] * s2h)
+        for a in range(5):
+            ri, rw, rv = _down_cand(r, okr, h, a, one)
+            xr = x_ptr + (xrow + ri * sxh)[:, None]
+            x2r = x2_ptr + (x2row + ri * s2h)[:, None]
             racc = tl.zeros([BH, BW], dtype=one.dtype)
             for e in tl.static_range(5):
-                m = rv[a] & cv[e]
+                m = rv[:, None] & cv[e]
                 v = tl.load(xr + cx[e], mask=m, other=0.0).to(one.dtype)
-                if SUB:
+                if SUB:  # D = ir - vis per tap, as the reference forms it
                     v = v - tl.load(x2r + c2[e], mask=m, other=0.0).to(one.dtype)
-                racc += TP[e + 2] * v
-            acc += TP[a + 2] * racc
+                racc += cw[e] * v
+            acc += rw * racc
         om = okr[:, None] & okc[None, :]
         off = (g.to(tl.int64) * wo)[:, None] + j[None, :]
         tl.store(y_ptr + off, acc, mask=om)
@@ -300,26 +322,19 @@ if triton is not None:
         pyramids; gk_ptr: G_k through strides. FIRST (k = 0): G_0 = gk - vis = ir - vis,
         mu_0 = mu, and vis + R_0 goes to out_ptr in its dtype; otherwise mu_k is the bilinear
         resize of mu and R_k goes to out_ptr (contiguous)."""
-        one, TP = _consts(ACC64)
+        one = _one(ACC64)
         g, okr, plane, r, j, okc = _tile(nrows, h, w, BH, BW)
         b = (plane // C).to(tl.int64)
         c = plane.to(tl.int64) - b * C
-        ri, rw, rv = _up_cands(r, okr, ch, h, FIX_H, 0, one, TP)
-        ci, cwt, cv = _up_cands(j, okc, cw, w, FIX_W, 1, one, TP)
-        cbase = (plane.to(tl.int64) * ch * cw)[:, None]
+        ci, cwt, cv = _up_cols(j, okc, cw, w, FIX_W, one)
+        cbase = plane.to(tl.int64) * ch * cw
         acc_r = tl.zeros([BH, BW], dtype=one.dtype)
         acc_g = tl.zeros([BH, BW], dtype=one.dtype)
-        for a in tl.static_range(3 + FIX_H):
-            rp = cbase + ri[a] * cw
-            racc_r = tl.zeros([BH, BW], dtype=one.dtype)
-            racc_g = tl.zeros([BH, BW], dtype=one.dtype)
-            for e in tl.static_range(3 + FIX_W):
-                m = rv[a] & cv[e]
-                off = rp + ci[e]
-                racc_r += cwt[e] * tl.load(r_ptr + off, mask=m, other=0.0)
-                racc_g += cwt[e] * tl.load(g_ptr + off, mask=m, other=0.0)
-            acc_r += rw[a] * racc_r
-            acc_g += rw[a] * racc_g
+        for a in range(3 + FIX_H):
+            ri, rw, rv = _up_cand(r, okr, ch, h, FIX_H, a, one)
+            row = (cbase + ri * cw)[:, None]
+            acc_r += rw[:, None] * _gather_row(r_ptr, row, ci, cwt, cv, rv[:, None], 3 + FIX_W, one)
+            acc_g += rw[:, None] * _gather_row(g_ptr, row, ci, cwt, cv, rv[:, None], 3 + FIX_W, one)
         om = okr[:, None] & okc[None, :]
         gk = tl.load(gk_ptr + (b * skb + c * skc + r * skh)[:, None] + (j * skw)[None, :],
                      mask=om, other=0.0).to(one.dtype)
@@ -351,37 +366,41 @@ if triton is not None:
 
         h_ptr / e_ptr: level k-1 (hf x wf), read through the same strides. FIRST (k = 1):
         H_0 = grad and E_0 = mu * grad is formed on the fly (e_ptr unused)."""
-        one, TP = _consts(ACC64)
+        one = _one(ACC64)
         g, okr, plane, r, j, okc = _tile(nrows, h, w, BH, BW)
         b = (plane // C).to(tl.int64)
         c = plane.to(tl.int64) - b * C
-        si, rw, rv = _up_adj_cands(r, okr, h, hf, FIX_H, 0, one, TP)
-        sj, cwt, cv = _up_adj_cands(j, okc, w, wf, FIX_W, 1, one, TP)
+        sj, cwt, cv = _up_adj_cols(j, okc, w, wf, FIX_W, one)
         ch_ = ()
         cm = ()
         for e in tl.static_range(5 + 2 * FIX_W):
             ch_ = ch_ + (sj[e] * shw,)
             cm = cm + (sj[e] * smw,)
-        hrow = (b * shb + c * shc)[:, None]
-        mrow = (b * smb)[:, None]
+        hrow = b * shb + c * shc
+        mrow = b * smb
         acc_h = tl.zeros([BH, BW], dtype=one.dtype)
         acc_e = tl.zeros([BH, BW], dtype=one.dtype)
-        for a in tl.static_range(5 + 2 * FIX_H):
-            hp = h_ptr + (hrow + si[a] * shh)
-            ep = e_ptr + (hrow + si[a] * shh)
-            mp = mu_ptr + (mrow + si[a] * smh)
-            racc_h = tl.zeros([BH, BW], dtype=one.dtype)
-            racc_e = tl.zeros([BH, BW], dtype=one.dtype)
-            for e in tl.static_range(5 + 2 * FIX_W):
-                m = rv[a] & cv[e]
-                hv = tl.load(hp + ch_[e], mask=m, other=0.0).to(one.dtype)
-                racc_h += cwt[e] * hv
-                if FIRST:
+        for a in range(5 + 2 * FIX_H):
+            si, rw, rv = _up_adj_cand(r, okr, h, hf, FIX_H, a, one)
+            if FIX_H:
+                rw = rw[:, None]
+            rv = rv[:, None]
+            hrow_a = (hrow + si * shh)[:, None]
+            if FIRST:  # E_0 = mu * grad, formed per tap
+                hp = h_ptr + hrow_a
+                mp = mu_ptr + (mrow + si * smh)[:, None]
+                racc_h = tl.zeros([BH, BW], dtype=one.dtype)
+                racc_e = tl.zeros([BH, BW], dtype=one.dtype)
+                for e in tl.static_range(5 + 2 * FIX_W):
+                    m = rv & cv[e]
+                    hv = tl.load(hp + ch_[e], mask=m, other=0.0).to(one.dtype)
+                    racc_h += cwt[e] * hv
                     racc_e += cwt[e] * (hv * tl.load(mp + cm[e], mask=m, other=0.0).to(one.dtype))
-                else:
-                    racc_e += cwt[e] * tl.load(ep + ch_[e], mask=m, other=0.0)
-            acc_h += rw[a] * racc_h
-            acc_e += rw[a] * racc_e
+            else:
+                racc_h = _gather_row(h_ptr, hrow_a, ch_, cwt, cv, rv, 5 + 2 * FIX_W, one)
+                racc_e = _gather_row(e_ptr, hrow_a, ch_, cwt, cv, rv, 5 + 2 * FIX_W, one)
+            acc_h += rw * racc_h
+            acc_e += rw * racc_e
         mk = _bilinear_at(mu_ptr, b * smb, r, j, H0, W0, h, w, smh, smw, one)
         ek = mk * acc_h
         om = okr[:, None] & okc[None, :]
@@ -401,38 +420,33 @@ if triton is not None:
         channels): Q_k = S_k + down^T(Q_{k+1}) (in place: q_ptr holds S_k), and mu_k's
         gradient m_k = sum_c (G_k - up(G_{k+1})) * H_k. TOP (k = L): Q_L = S_L, L_L = G_L.
         All buffers contiguous; level k+1 (ch x cw planes) in qc_ptr, gc_ptr."""
-        one, TP = _consts(ACC64)
+        one = _one(ACC64)
         g, okr, b, r, j, okc = _tile(nrows, h, w, BH, BW)
         om = okr[:, None] & okc[None, :]
-        if not TOP:
-            qi, qrw, qrv = _down_adj_cands(r, okr, ch, 0, TP)
-            qj, qcw, qcv = _down_adj_cands(j, okc, cw, 1, TP)
-            ui, urw, urv = _up_cands(r, okr, ch, h, FIX_H, 0, one, TP)
-            uj, ucw, ucv = _up_cands(j, okc, cw, w, FIX_W, 1, one, TP)
         mk = tl.zeros([BH, BW], dtype=one.dtype)
-        for c in range(C):
+        # Loop-invariant column candidates are rebuilt per channel (disable_licm): kept live
+        # across the loop they cost more registers than the integer work.
+        for c in tl.range(C, disable_licm=True):
             plane = b.to(tl.int64) * C + c
             off = (plane * h + r)[:, None] * w + j[None, :]
             gv = tl.load(g_ptr + off, mask=om, other=0.0)
             if TOP:
                 lap = gv
             else:
-                cbase = (plane * ch * cw)[:, None]
+                cbase = plane * ch * cw
+                qj, qcw, qcv = _down_adj_cols(j, okc, cw, one)
+                uj, ucw, ucv = _up_cols(j, okc, cw, w, FIX_W, one)
                 q = tl.load(q_ptr + off, mask=om, other=0.0)
-                for a in tl.static_range(3):
-                    rp = qc_ptr + (cbase + qi[a] * cw)
-                    racc = tl.zeros([BH, BW], dtype=one.dtype)
-                    for e in tl.static_range(3):
-                        racc += qcw[e] * tl.load(rp + qj[e], mask=qrv[a] & qcv[e], other=0.0)
-                    q += qrw[a] * racc
+                for a in range(3):
+                    qi, qrw, qrv = _down_adj_cand(r, okr, ch, a, one)
+                    q += qrw[:, None] * _gather_row(qc_ptr, (cbase + qi * cw)[:, None], qj, qcw, qcv,
+                                                    qrv[:, None], 3, one)
                 tl.store(q_ptr + off, q, mask=om)
                 up_g = tl.zeros([BH, BW], dtype=one.dtype)
-                for a in tl.static_range(3 + FIX_H):
-                    rp = gc_ptr + (cbase + ui[a] * cw)
-                    racc = tl.zeros([BH, BW], dtype=one.dtype)
-                    for e in tl.static_range(3 + FIX_W):
-                        racc += ucw[e] * tl.load(rp + uj[e], mask=urv[a] & ucv[e], other=0.0)
-                    up_g += urw[a] * racc
+                for a in range(3 + FIX_H):
+                    ui, urw, urv = _up_cand(r, okr, ch, h, FIX_H, a, one)
+                    up_g += urw[:, None] * _gather_row(gc_ptr, (cbase + ui * cw)[:, None], uj, ucw, ucv,
+                                                       urv[:, None], 3 + FIX_W, one)
                 lap = gv - up_g
             mk += lap * tl.load(hk_ptr + off, mask=om, other=0.0)
         tl.store(m_ptr + (g.to(tl.int64) * w)[:, None] + j[None, :], mk, mask=om)
@@ -450,42 +464,37 @@ if triton is not None:
         channels when IR_BCAST; ir's channel stride is then 0); m_0 = sum_c (D - up(G_1)) grad
         and grad_mu = m_0 + sum_{k=1..LEVELS} resize_k^T(m_k). m_ptr packs m_1..m_L
         ((B, 1, h_k, w_k) each, contiguous, in order); the level sizes are recomputed here."""
-        one, TP = _consts(ACC64)
+        one = _one(ACC64)
         g, okr, b, r, j, okc = _tile(B * H, H, W, BH, BW)
         b = b.to(tl.int64)
         om = okr[:, None] & okc[None, :]
-        qi, qrw, qrv = _down_adj_cands(r, okr, ch, 0, TP)
-        qj, qcw, qcv = _down_adj_cands(j, okc, cw, 1, TP)
-        ui, urw, urv = _up_cands(r, okr, ch, H, FIX_H, 0, one, TP)
-        uj, ucw, ucv = _up_cands(j, okc, cw, W, FIX_W, 1, one, TP)
         mu = tl.load(mu_ptr + (b * smb + r * smh)[:, None] + (j * smw)[None, :], mask=om, other=0.0).to(one.dtype)
-        grow = (b * sgb + r * sgh)[:, None] + (j * sgw)[None, :]
-        vrow = (b * svb + r * svh)[:, None] + (j * svw)[None, :]
-        irow = (b * sib + r * sih)[:, None] + (j * siw)[None, :]
-        orow = (b * C * H + r)[:, None] * W + j[None, :]
         m0 = tl.zeros([BH, BW], dtype=one.dtype)
         gir_sum = tl.zeros([BH, BW], dtype=one.dtype)
-        for c in range(C):
-            gv = tl.load(grad_ptr + (grow + c * sgc), mask=om, other=0.0).to(one.dtype)
-            v = tl.load(vis_ptr + (vrow + c * svc), mask=om, other=0.0).to(one.dtype)
-            x = tl.load(ir_ptr + (irow + c * sic), mask=om, other=0.0).to(one.dtype)
-            cbase = ((b * C + c) * ch * cw)[:, None]
+        # Loop-invariant offsets and column candidates are rebuilt per channel (disable_licm):
+        # kept live across the loop they cost more registers than the integer work.
+        for c in tl.range(C, disable_licm=True):
+            qj, qcw, qcv = _down_adj_cols(j, okc, cw, one)
+            uj, ucw, ucv = _up_cols(j, okc, cw, W, FIX_W, one)
+            gv = tl.load(grad_ptr + (b * sgb + c * sgc + r * sgh)[:, None] + (j * sgw)[None, :],
+                         mask=om, other=0.0).to(one.dtype)
+            cbase = (b * C + c) * ch * cw
             q = mu * gv
-            for a in tl.static_range(3):
-                rp = q1_ptr + (cbase + qi[a] * cw)
-                racc = tl.zeros([BH, BW], dtype=one.dtype)
-                for e in tl.static_range(3):
-                    racc += qcw[e] * tl.load(rp + qj[e], mask=qrv[a] & qcv[e], other=0.0)
-                q += qrw[a] * racc
+            for a in range(3):
+                qi, qrw, qrv = _down_adj_cand(r, okr, ch, a, one)
+                q += qrw[:, None] * _gather_row(q1_ptr, (cbase + qi * cw)[:, None], qj, qcw, qcv,
+                                                qrv[:, None], 3, one)
             up_g = tl.zeros([BH, BW], dtype=one.dtype)
-            for a in tl.static_range(3 + FIX_H):
-                rp = g1_ptr + (cbase + ui[a] * cw)
-                racc = tl.zeros([BH, BW], dtype=one.dtype)
-                for e in tl.static_range(3 + FIX_W):
-                    racc += ucw[e] * tl.load(rp + uj[e], mask=urv[a] & ucv[e], other=0.0)
-                up_g += urw[a] * racc
+            for a in range(3 + FIX_H):
+                ui, urw, urv = _up_cand(r, okr, ch, H, FIX_H, a, one)
+                up_g += urw[:, None] * _gather_row(g1_ptr, (cbase + ui * cw)[:, None], uj, ucw, ucv,
+                                                   urv[:, None], 3 + FIX_W, one)
+            v = tl.load(vis_ptr + (b * svb + c * svc + r * svh)[:, None] + (j * svw)[None, :],
+                        mask=om, other=0.0).to(one.dtype)
+            x = tl.load(ir_ptr + (b * sib + c * sic + r * sih)[:, None] + (j * siw)[None, :],
+                        mask=om, other=0.0).to(one.dtype)
             m0 += ((x - v) - up_g) * gv
-            out_off = orow + c * H * W
+            out_off = ((b * C + c) * H + r)[:, None] * W + j[None, :]
             tl.store(gvis_ptr + out_off, (gv - q).to(gvis_ptr.dtype.element_ty), mask=om)
             if IR_BCAST:
                 gir_sum += q
@@ -494,22 +503,21 @@ if triton is not None:
         mrow = (b * H + r)[:, None] * W + j[None, :]
         if IR_BCAST:
             tl.store(gir_ptr + mrow, gir_sum.to(gir_ptr.dtype.element_ty), mask=om)
-        # mu's gradient: the adjoint of every level's resize, gathered at full resolution
+        # mu's gradient: the adjoint of every level's resize, gathered at full resolution (a
+        # runtime loop over levels: unrolled, all levels' taps are in flight at once and the
+        # kernel spills)
         hk = H
         wk = W
         lvl = b * 0  # int64 offset of level k in m_ptr
-        for k in tl.static_range(LEVELS):
+        for k in range(LEVELS):
             hk = (hk + 1) // 2
             wk = (wk + 1) // 2
-            ki, krw, krv = _resize_adj_cands(r, okr, H, hk, 0, one)
-            kj, kcw, kcv = _resize_adj_cands(j, okc, W, wk, 1, one)
-            kbase = (lvl + b * hk * wk)[:, None]
-            for a in tl.static_range(4):
-                rp = m_ptr + (kbase + ki[a] * wk)
-                racc = tl.zeros([BH, BW], dtype=one.dtype)
-                for e in tl.static_range(4):
-                    racc += kcw[e] * tl.load(rp + kj[e], mask=krv[a] & kcv[e], other=0.0)
-                m0 += krw[a] * racc
+            kj, kcw, kcv = _resize_adj_cols(j, okc, W, wk, one)
+            kbase = lvl + b * hk * wk
+            for a in range(4):
+                ki, krw, krv = _resize_adj_cand(r, okr, H, hk, a, one)
+                m0 += krw[:, None] * _gather_row(m_ptr, (kbase + ki * wk)[:, None], kj, kcw, kcv,
+                                                 krv[:, None], 4, one)
             lvl += B * hk * wk
         tl.store(gmu_ptr + mrow, m0.to(gmu_ptr.dtype.element_ty), mask=om)
 
@@ -545,14 +553,17 @@ def _pow2(x: int) -> int:
 
 
 def _tile_shape(rows: int, cols: int) -> tuple[int, int]:
-    """(BH, BW) for a rows x cols launch (rows = stacked planes). GPU: 512-element tiles with up
-    to 64 contiguous columns (coalesced). Triton's interpreter pays per operation, not per
-    element, so there one big tile covers a whole level."""
+    """(BH, BW) for a rows x cols launch (rows = stacked planes). GPU: 256-element tiles with up
+    to 64 contiguous columns (coalesced), two elements per thread at 4 warps: every element a
+    thread owns multiplies the registers its gathers hold (at 512 the heaviest kernels need
+    over 100 registers, at 256 at most about 80 on the paper's shapes; see
+    benchmarks/resources.py). Triton's interpreter pays per operation, not per element, so
+    there one big tile covers a whole level."""
     if triton_interpreting():
         bw = min(_pow2(cols), 128)
         return min(_pow2(rows), max(16384 // bw, 1)), bw
     bw = min(max(_pow2(cols), 16), 64)
-    return 512 // bw, bw
+    return 256 // bw, bw
 
 
 def _launch(kernel, rows: int, cols: int, *args, **meta):
@@ -675,6 +686,10 @@ if triton is not None:
 
     def _backward(ctx, grad, _grad_gbuf):
         vis, ir, mu, gbuf = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the kernels are first-order only
+            from .fuse_torch import fuse_reference_vjp
+
+            return (*fuse_reference_vjp(grad, vis, ir, mu, ctx.levels), None)
         gvis, gir, gmu = fuse_triton_bwd(grad, vis, ir, mu, gbuf, ctx.levels)
         return gvis, gir, gmu, None
 

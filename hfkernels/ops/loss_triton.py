@@ -24,7 +24,8 @@ replicate padding (``_gmax_adjoint_kernel``: per axis, a source index plus an ex
 clamped borders).
 
 Arithmetic is float32 (float64 for float64 inputs); half inputs are loaded in their dtype.
-Inputs are made contiguous. Registration as in ``fuse_triton``: ``torch.library.triton_op``s
+Inputs are made contiguous; offsets are 64-bit, so tensors past 2^31 elements are addressed
+correctly. Registration as in ``fuse_triton``: ``torch.library.triton_op``s
 with explicit fakes and ``register_autograd``. Without triton this module registers nothing.
 """
 from __future__ import annotations
@@ -50,11 +51,24 @@ if triton is not None:
             z = tl.zeros([BH, BW], dtype=tl.float32)
         return z
 
+    # Offsets are int64: the row index g runs over planes * H, and g * W or a statistic's
+    # index times its plane-stack size passes 2^31 long before any single index does.
+
+    @triton.jit
+    def _rows(BH: tl.constexpr):
+        """This program's rows as a [BH, 1] int64 vector."""
+        return tl.program_id(0).to(tl.int64) * BH + tl.arange(0, BH)[:, None]
+
+    @triton.jit
+    def _i64(x):
+        """A size argument as int64 (ints equal to 1 arrive as constants, hence tl.cast)."""
+        return tl.cast(x, tl.int64)
+
     @triton.jit
     def _ssim_h_kernel(x, y, taps, h, NROWS, W, WO, OFF, K,
                        ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
         """h[s, g, q] = sum_j taps[j] stat_s[g, q + OFF + j]; rows g over planes*H."""
-        g = tl.program_id(0) * BH + tl.arange(0, BH)[:, None]
+        g = _rows(BH)
         q = tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
         ok = (g < NROWS) & (q < WO)
         sx = _acc_zero(BH, BW, ACC64)
@@ -74,7 +88,7 @@ if triton is not None:
             syy += t * (yv * yv)
             sxy += t * (xv * yv)
         o = g * WO + q
-        n = NROWS * WO
+        n = _i64(NROWS) * WO
         tl.store(h + o, sx, mask=ok)
         tl.store(h + n + o, sy, mask=ok)
         tl.store(h + 2 * n + o, sxx, mask=ok)
@@ -85,12 +99,13 @@ if triton is not None:
     def _ssim_v_kernel(h, taps, gscale, out, NP, H, HO, WO, OFF, K, c1, c2,
                        BACKWARD: tl.constexpr, ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
         """Vertical filter of h (5, NP, H, WO) and the SSIM formula on rows g over NP*HO."""
-        g = tl.program_id(0) * BH + tl.arange(0, BH)[:, None]
+        g = _rows(BH)
         q = tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
-        ok = (g < NP * HO) & (q < WO)
+        nrows = _i64(NP) * HO
+        ok = (g < nrows) & (q < WO)
         plane = g // HO
         p = g % HO
-        n = NP * H * WO
+        n = _i64(NP) * H * WO
         mu1 = _acc_zero(BH, BW, ACC64)
         mu2 = _acc_zero(BH, BW, ACC64)
         e11 = _acc_zero(BH, BW, ACC64)
@@ -124,7 +139,7 @@ if triton is not None:
         smap = (a1 * a2) / den
         o = g * WO + q
         if BACKWARD:
-            gs = tl.load(gscale + plane, mask=g < NP * HO, other=0.0).to(smap.dtype)
+            gs = tl.load(gscale + plane, mask=g < nrows, other=0.0).to(smap.dtype)
             ga1 = gs * a2 / den
             ga2 = gs * a1 / den
             gden = -gs * smap / den
@@ -141,7 +156,7 @@ if triton is not None:
             g2 = tl.where(v2 >= 0, gb2 + 0.5 * gbnd, 0.0)
             gm1 = 2 * mu2 * ga1 + 2 * mu1 * gb1 - 2 * mu1 * g1 - mu2 * g12
             gm2 = 2 * mu1 * ga1 + 2 * mu2 * gb1 - 2 * mu2 * g2 - mu1 * g12
-            no = NP * HO * WO
+            no = nrows * WO
             tl.store(out + o, gm1, mask=ok)
             tl.store(out + no + o, gm2, mask=ok)
             tl.store(out + 2 * no + o, g1, mask=ok)
@@ -154,9 +169,9 @@ if triton is not None:
     def _rows_filter_kernel(src, taps, dst, NS, HIN, HOUT, W, OFF, K,
                             ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
         """dst[s, r] = sum_j taps[j] src[s, r + OFF + j] (zero outside 0..HIN-1); rows over NS*HOUT."""
-        g = tl.program_id(0) * BH + tl.arange(0, BH)[:, None]
+        g = _rows(BH)
         q = tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
-        ok = (g < NS * HOUT) & (q < W)
+        ok = (g < _i64(NS) * HOUT) & (q < W)
         s = g // HOUT
         r = g % HOUT
         acc = _acc_zero(BH, BW, ACC64)
@@ -170,10 +185,10 @@ if triton is not None:
     def _ssim_hT_kernel(gv, x, y, taps, gx, gy, NROWS, W, WO, OFF, K,
                         ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
         """Transposed horizontal filter of gv (5, NROWS, WO) and the chain rule to x, y."""
-        g = tl.program_id(0) * BH + tl.arange(0, BH)[:, None]
+        g = _rows(BH)
         q = tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
         ok = (g < NROWS) & (q < W)
-        n = NROWS * WO
+        n = _i64(NROWS) * WO
         a0 = _acc_zero(BH, BW, ACC64)
         a1 = _acc_zero(BH, BW, ACC64)
         a2 = _acc_zero(BH, BW, ACC64)
@@ -219,9 +234,11 @@ if triton is not None:
 
     @triton.jit
     def _tile(H, W, NP, BH: tl.constexpr, BW: tl.constexpr):
-        g = tl.program_id(0) * BH + tl.arange(0, BH)[:, None]
+        """(g, r, c, m, base): rows g over NP*H (int64), row r in its plane, columns c, mask and
+        the plane's offset."""
+        g = _rows(BH)
         c = tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
-        m = (g < NP * H) & (c < W)
+        m = (g < _i64(NP) * H) & (c < W)
         base = (g // H) * H * W
         r = g % H
         return g, r, c, m, base
@@ -273,7 +290,7 @@ if triton is not None:
         cfx, cax, cbx = _coefs(fx, ax, bx, gs)
         cfy, cay, cby = _coefs(fy, ay, by, gs)
         o = g * W + c
-        n = NP * H * W
+        n = _i64(NP) * H * W
         tl.store(coef + o, cfx, mask=m)
         tl.store(coef + n + o, cax, mask=m)
         tl.store(coef + 2 * n + o, cbx, mask=m)
@@ -327,7 +344,7 @@ if triton is not None:
     @triton.jit
     def _gmax_adjoint_kernel(coef, ga, gb, gf, NP, H, W, ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
         g, r, c, m, base = _tile(H, W, NP, BH, BW)
-        n = NP * H * W
+        n = _i64(NP) * H * W
         o = g * W + c
         vf = _adjoint(coef, coef + 3 * n, base, r, c, H, W, m, ACC64, BH, BW)
         va = _adjoint(coef + n, coef + 4 * n, base, r, c, H, W, m, ACC64, BH, BW)
@@ -441,6 +458,10 @@ if triton is not None:
 
     def _ssim_backward(ctx, grad):
         x, y = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the kernels are first-order only
+            from .loss_torch import ssim_reference_vjp
+
+            return (*ssim_reference_vjp(grad, x, y, *ctx.args), None, None, None, None, None)
         gx, gy = ssim_triton_bwd(grad.contiguous(), x, y, *ctx.args)
         return gx, gy, None, None, None, None, None
 
@@ -483,6 +504,10 @@ if triton is not None:
         ctx.save_for_backward(*inputs)
 
     def _gmax_backward(ctx, grad):
+        if torch.is_grad_enabled():  # create_graph=True: the kernels are first-order only
+            from .loss_torch import gradient_max_reference_vjp
+
+            return gradient_max_reference_vjp(grad, *ctx.saved_tensors)
         return gmax_triton_bwd(grad.contiguous(), *ctx.saved_tensors)
 
     gmax_triton_fwd.register_autograd(_gmax_backward, setup_context=_gmax_setup)
