@@ -1,6 +1,9 @@
 """Argument checks shared by the public ops: each error names the argument at fault."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 
@@ -33,6 +36,42 @@ def levels(levels) -> int:
     if levels < 1:
         raise ValueError(f"levels must be >= 1, got {levels}")
     return levels
+
+
+def max_levels(h: int, w: int) -> int:
+    """Most pyramid levels an H x W image has (at least 1).
+
+    Each level halves the size, rounding up, so ``ceil(log2(max(H, W)))`` levels reach 1x1;
+    a further level would only add another 1x1 level.
+    """
+    return max(1, (max(int(h), int(w)) - 1).bit_length())
+
+
+def levels_for_size(lv, h: int, w: int, name: str = "levels") -> int:
+    """``levels(lv)``, and no more than :func:`max_levels` for an H x W image (ValueError)."""
+    levels(lv)
+    most = max_levels(h, w)
+    if lv > most:
+        raise ValueError(
+            f"{name}={lv} is more than a {h}x{w} image has: at most {most} "
+            f"(level {most} is 1x1 already; more levels would only repeat 1x1 levels)"
+        )
+    return lv
+
+
+def value_range(v, name: str = "value_range") -> tuple[float, float]:
+    """A pair ``(low, high)`` of finite numbers with ``low < high``, as floats."""
+    if not isinstance(v, (tuple, list)):
+        raise TypeError(f"{name} must be a pair (low, high) of numbers, got {type(v).__name__}")
+    if len(v) != 2:
+        raise ValueError(f"{name} must be a pair (low, high), got {len(v)} values")
+    for x in v:
+        if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            raise TypeError(f"{name} must be a pair (low, high) of numbers, got {v!r:.80}")
+    lo, hi = float(v[0]), float(v[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"{name} must be finite with low < high, got ({lo:g}, {hi:g})")
+    return lo, hi
 
 
 def fusion_inputs(vis, ir, mu, lv, check: bool = False) -> None:

@@ -7,11 +7,18 @@ a backend with :func:`implements`; the public API asks :func:`select` for one.
 
 Selection order: the ``backend=`` argument, else the ``HFK_BACKEND`` environment variable, else
 the highest-ranked backend that is available on the tensor's device, implements the op and
-accepts the dtype. Asking explicitly for a backend that cannot run raises
-:class:`BackendUnavailableError` with the reason.
+accepts the dtype. Asking explicitly (``backend=``) for a backend that cannot run raises
+:class:`BackendUnavailableError` with the reason (``TypeError`` for a dtype it does not take).
+
+``HFK_BACKEND`` is a preference, not a demand: where the named backend cannot run the call (not
+available on the device, op not implemented, dtype not accepted), the automatic choice is used
+instead; :func:`env_preference` lists those fallbacks and their reasons (``hfkernels info``
+prints them). Only a value that names no backend at all is an error (``ValueError`` naming the
+variable).
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -106,32 +113,113 @@ def available_backends(device=None) -> list[str]:
     return sorted(names, key=lambda n: -_REGISTRY[n].rank[dev.type])
 
 
+def env_backend() -> str | None:
+    """The backend named by ``HFK_BACKEND`` (None when unset or empty); ValueError naming the
+    variable when it names no backend."""
+    name = os.environ.get(ENV_VAR) or None
+    if name is not None and name not in BACKEND_NAMES:
+        raise ValueError(
+            f"environment variable {ENV_VAR}={name!r} names no backend; set it to one of "
+            f"{', '.join(BACKEND_NAMES)}, or unset it for the automatic choice"
+        )
+    return name
+
+
+def _cannot(name: str, op: str, dev: torch.device, dtype: torch.dtype) -> str | None:
+    """Why backend ``name`` cannot run ``op`` for ``dtype`` on ``dev`` (None if it can)."""
+    b = _REGISTRY[name]
+    ok, why = b.available(dev)
+    if not ok:
+        return f"{name!r} cannot run on {dev}: {why}"
+    if op not in b.ops:
+        return f"{name!r} does not implement {op!r}"
+    if dtype not in b.dtypes.get(dev.type, ()):
+        ok_dt = ", ".join(str(d).replace("torch.", "") for d in b.dtypes.get(dev.type, ()))
+        return f"{name!r} takes only {ok_dt} on {dev.type}"
+    return None
+
+
+def _automatic(op: str, dev: torch.device, dtype: torch.dtype) -> str | None:
+    for n in available_backends(dev):
+        b = _REGISTRY[n]
+        if op in b.ops and dtype in b.dtypes.get(dev.type, ()):
+            return n
+    return None
+
+
+_log = logging.getLogger(__name__)
+_LOGGED: set = set()
+
+
 def select(op: str, device, dtype: torch.dtype, backend: str | None = None) -> tuple[str, Callable]:
     """Return ``(backend_name, implementation)`` of ``op`` for tensors on ``device`` of ``dtype``."""
     _load_ops()
     dev = torch.device(device)
-    name = backend if backend is not None else (os.environ.get(ENV_VAR) or None)
-    if name is not None:
-        if not isinstance(name, str):
-            raise TypeError(f"backend must be a string or None, got {type(name).__name__}")
-        source = "backend=" if backend is not None else f"{ENV_VAR}="
-        b = get_backend(name)
+    if backend is not None:
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a string or None, got {type(backend).__name__}")
+        b = get_backend(backend)
         ok, why = b.available(dev)
         if not ok:
-            raise BackendUnavailableError(f"{source}{name!r} cannot run on {dev}: {why}")
+            raise BackendUnavailableError(f"backend={backend!r} cannot run on {dev}: {why}")
         if op not in b.ops:
-            raise BackendUnavailableError(f"{source}{name!r} does not implement {op!r}")
+            raise BackendUnavailableError(f"backend={backend!r} does not implement {op!r}")
         if dtype not in b.dtypes.get(dev.type, ()):
             ok_dt = ", ".join(str(d).replace("torch.", "") for d in b.dtypes.get(dev.type, ()))
             raise TypeError(
-                f"{source}{name!r} does not support dtype {dtype} on {dev.type} (supported: {ok_dt})"
+                f"backend={backend!r} does not support dtype {dtype} on {dev.type} (supported: {ok_dt})"
             )
-        return name, b.ops[op]
-    for n in available_backends(dev):
-        b = _REGISTRY[n]
-        if op in b.ops and dtype in b.dtypes.get(dev.type, ()):
-            return n, b.ops[op]
-    raise BackendUnavailableError(f"no backend implements {op!r} for {dtype} on {dev}")
+        return backend, b.ops[op]
+    name = env_backend()
+    if name is not None:
+        why = _cannot(name, op, dev, dtype)
+        if why is None:
+            return name, _REGISTRY[name].ops[op]
+        key = (name, op, dev.type, dtype)
+        if key not in _LOGGED:  # once per case: this runs on every call
+            _LOGGED.add(key)
+            _log.info("%s=%s: %s; using the automatic choice for %s", ENV_VAR, name, why, op)
+    n = _automatic(op, dev, dtype)
+    if n is None:
+        raise BackendUnavailableError(f"no backend implements {op!r} for {dtype} on {dev}")
+    return n, _REGISTRY[n].ops[op]
+
+
+#: the dtypes :func:`env_preference` reports on
+REPORT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def env_preference(device=None) -> dict | None:
+    """What ``HFK_BACKEND`` does on ``device`` (default: cuda if present).
+
+    None when it is unset; else a dict with ``"name"`` (the value), ``"error"`` (why the value
+    is invalid, or None), ``"unavailable"`` (why the backend cannot run on the device at all,
+    or None) and ``"fallbacks"``: ``[(op, dtypes, used, reason), ...]`` for the ops and dtypes
+    (of :data:`REPORT_DTYPES`) that the backend cannot run and that go to the automatic choice
+    ``used`` instead (None: no backend runs them).
+    """
+    _load_ops()
+    raw = os.environ.get(ENV_VAR) or None
+    if raw is None:
+        return None
+    out = {"name": raw, "error": None, "unavailable": None, "fallbacks": []}
+    try:
+        name = env_backend()
+    except ValueError as e:
+        out["error"] = str(e)
+        return out
+    dev = _device_of(device)
+    ok, why = _REGISTRY[name].available(dev)
+    if not ok:
+        out["unavailable"] = f"{name!r} cannot run on {dev}: {why}"
+    groups: dict = {}
+    for op in sorted({op for b in _REGISTRY.values() for op in b.ops}):
+        for dt in REPORT_DTYPES:
+            reason = _cannot(name, op, dev, dt)
+            if reason is not None:
+                groups.setdefault((op, _automatic(op, dev, dt), reason), []).append(dt)
+    out["fallbacks"] = [(op, tuple(dts), used, reason) for (op, used, reason), dts in groups.items()]
+    return out
 
 
 def tolerance(name: str, dtype: torch.dtype) -> tuple[float, float]:

@@ -5,6 +5,7 @@ import torch
 
 from . import _validate as V
 from . import reference as ref
+from ._validate import max_levels
 from .backends import select
 
 
@@ -16,6 +17,9 @@ def fuse(vis, ir, mu, levels: int = 4, *, backend: str | None = None, check: boo
         ir: (B, 1, H, W) — used for every channel of ``vis`` — or (B, C, H, W) second source.
         mu: (B, 1, H, W) guidance in [0, 1] (``mu = 1`` selects ``ir``).
         levels: number of Laplacian levels (>= 1); the pyramid has ``levels + 1`` tensors.
+            Levels past ``max_levels(H, W) = ceil(log2(max(H, W)))`` would only add 1x1 levels,
+            which leave the result unchanged but for rounding (the blend of a 1x1 level is
+            linear and collapses back), so they are skipped: any ``levels`` costs at most that.
         backend: ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"torch"``; default: ``HFK_BACKEND``, else
             the best available for the device.
         check: if True, raise ``ValueError`` when ``mu`` leaves [0, 1] or any input holds NaN/inf.
@@ -27,14 +31,18 @@ def fuse(vis, ir, mu, levels: int = 4, *, backend: str | None = None, check: boo
     """
     V.fusion_inputs(vis, ir, mu, levels, check)
     _, impl = select("fuse", vis.device, vis.dtype, backend)
-    return impl(vis, ir, mu, levels)
+    return impl(vis, ir, mu, min(levels, max_levels(*vis.shape[-2:])))
 
 
 def laplacian_pyramid(x, levels: int = 4, *, backend: str | None = None) -> list[torch.Tensor]:
     """Laplacian pyramid of x (B, C, H, W): ``[L_0 .. L_{levels-1}, G_levels]``; L_k has the size
-    of the k-th Gaussian level (``ceil`` halving each time)."""
+    of the k-th Gaussian level (``ceil`` halving each time).
+
+    ``levels`` is at most ``max_levels(H, W) = ceil(log2(max(H, W)))`` (at least 1), where
+    ``G_levels`` is 1x1; more raises ``ValueError`` (the extra levels would be 1x1 copies).
+    """
     V.tensor4d(x, "x")
-    V.levels(levels)
+    V.levels_for_size(levels, *x.shape[-2:])
     _, impl = select("laplacian_pyramid", x.device, x.dtype, backend)
     return impl(x, levels)
 
@@ -62,7 +70,7 @@ def fuse_color(vis_rgb, ir, mu, levels: int = 4, *, backend: str | None = None, 
     back to RGB, clamped to [0, 1].
 
     ``ir`` is (B,1,H,W) or (B,3,H,W) (its luma is used); ``mu`` is (B,1,H,W). A 1-channel
-    ``vis_rgb`` is fused directly (and clamped). Returns (B, C, H, W).
+    ``vis_rgb`` is fused directly (and clamped). ``levels`` as :func:`fuse`. Returns (B, C, H, W).
     """
     V.tensor4d(vis_rgb, "vis_rgb")
     V.tensor4d(ir, "ir")
@@ -78,18 +86,35 @@ def fuse_color(vis_rgb, ir, mu, levels: int = 4, *, backend: str | None = None, 
     return ref.ycbcr_to_rgb(torch.cat([y, ycc[:, 1:]], dim=1)).clamp(0, 1)
 
 
-def heuristic_guidance(vis, ir, value_range=(0.0, 1.0)) -> torch.Tensor:
-    """The paper's hand-made guidance map (B,1,H,W) in [0,1] for vis (B,1|3,H,W), ir (B,1|3,H,W),
-    both in ``value_range`` (default [0,1]); see DESIGN.md, "Heuristic guidance"."""
+def _heuristic_inputs(vis, ir, value_range) -> tuple[float, float]:
     V.tensor4d(vis, "vis")
     V.tensor4d(ir, "ir")
     V.same_device_dtype(vis, "vis", ir=ir)
+    for name, t in (("vis", vis), ("ir", ir)):
+        if t.shape[1] not in (1, 3):
+            raise ValueError(f"{name} must have 1 or 3 channels, got {t.shape[1]} (shape {tuple(t.shape)})")
     if vis.shape[0] != ir.shape[0] or vis.shape[-2:] != ir.shape[-2:]:
-        raise ValueError(f"ir has shape {tuple(ir.shape)}, incompatible with vis {tuple(vis.shape)}")
-    return ref.heuristic_guidance(vis, ir, value_range)
+        raise ValueError(
+            f"ir has shape {tuple(ir.shape)}, incompatible with vis {tuple(vis.shape)}: "
+            "batch size, height and width must agree"
+        )
+    return V.value_range(value_range)
+
+
+def heuristic_guidance(vis, ir, value_range=(0.0, 1.0)) -> torch.Tensor:
+    """The paper's hand-made guidance map (B,1,H,W) in [0,1] for vis (B,1|3,H,W), ir (B,1|3,H,W),
+    both in ``value_range`` = (low, high), finite with low < high (default [0,1]); 3-channel
+    images enter through their luma. See :func:`hfkernels.reference.heuristic_guidance`."""
+    vr = _heuristic_inputs(vis, ir, value_range)
+    return ref.heuristic_guidance(vis, ir, vr)
 
 
 def heuristic_blend(vis, ir, value_range=(0.0, 1.0)) -> torch.Tensor:
-    """The paper's per-pixel heuristic baseline ``(1 - w) vis + w ir``; shape of vis."""
-    heuristic_guidance(vis, ir, value_range)  # validates
-    return ref.heuristic_blend(vis, ir, value_range)
+    """The paper's per-pixel heuristic baseline ``(1 - w) vis + w ir``, shape of vis (B,1|3,H,W).
+
+    ``ir`` (B,1|3,H,W): a 1-channel ``ir`` is used for every channel of a 3-channel ``vis``; a
+    3-channel ``ir`` with a 1-channel ``vis`` enters through its luma (as in :func:`fuse_color`).
+    ``value_range`` as :func:`heuristic_guidance`.
+    """
+    vr = _heuristic_inputs(vis, ir, value_range)
+    return ref.heuristic_blend(vis, ir, vr)

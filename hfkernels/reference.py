@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ._validate import levels as _check_levels
+from ._validate import max_levels
 
 # BT.601 full-range coefficients (DESIGN.md, "Colour").
 LUMA = (0.299, 0.587, 0.114)
@@ -100,8 +101,14 @@ def fuse(vis: torch.Tensor, ir: torch.Tensor, mu: torch.Tensor, levels: int = 4)
 
     vis (B,C,H,W); ir (B,1,H,W) (used for every channel) or (B,C,H,W); mu (B,1,H,W).
     Returns (B,C,H,W) in vis's dtype.
+
+    Levels past :func:`max_levels` are skipped: they would be 1x1 levels, where ``mu_k`` is one
+    value per image, so their blend is linear and ``up(base) + L_k`` gives back the blend of
+    the 1x1 Gaussian level they start from; computing them changes the result by rounding only
+    (at most one unit in the last place of [0, 1] data, measured).
     """
     _check_levels(levels)
+    levels = min(levels, max_levels(*vis.shape[-2:]))
     dt = vis.dtype
     wd = _work_dtype(vis)
     a = laplacian_pyramid(vis.to(wd), levels)
@@ -167,7 +174,7 @@ def gaussian_blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
 
 
 def _to_signed(x: torch.Tensor, value_range) -> torch.Tensor:
-    lo, hi = value_range
+    lo, hi = (float(v) for v in value_range)
     return (x - lo) * (2.0 / (hi - lo)) - 1.0
 
 
@@ -192,15 +199,18 @@ def heuristic_guidance(vis: torch.Tensor, ir: torch.Tensor, value_range=(0.0, 1.
 
 def heuristic_blend(vis: torch.Tensor, ir: torch.Tensor, value_range=(0.0, 1.0)) -> torch.Tensor:
     """The paper's "heuristic weight map" baseline: per-pixel (1 - w) vis + w ir with w blurred
-    once more (11 taps, sigma 3.5) and clamped. Shape of vis."""
+    once more (11 taps, sigma 3.5) and clamped. Shape of vis (B,1|3,H,W): a 3-channel ir with
+    a 1-channel vis enters through its luma."""
     w = heuristic_guidance(vis, ir, value_range)
     w = gaussian_blur(w.to(_work_dtype(w)), 11, 3.5).clamp(0.0, 1.0)
+    if vis.shape[1] == 1:
+        ir = luma(ir)
     out = (1 - w) * vis.to(w.dtype) + w * ir.to(w.dtype)
     return out.to(vis.dtype)
 
 
 __all__ = [
     "LUMA", "gaussian_taps", "pyramid_kernel", "down", "up", "resize", "laplacian_pyramid",
-    "reconstruct", "fuse", "luma", "rgb_to_ycbcr", "ycbcr_to_rgb", "sobel", "gaussian_blur",
+    "reconstruct", "fuse", "max_levels", "luma", "rgb_to_ycbcr", "ycbcr_to_rgb", "sobel", "gaussian_blur",
     "heuristic_guidance", "heuristic_blend"
 ]

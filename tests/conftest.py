@@ -17,6 +17,23 @@ from hfkernels.io import data_root  # noqa: E402
 
 torch.manual_seed(0)
 
+# Hypothesis profiles of the fuzz suite (tests/test_fuzz.py), loaded here so that
+# `--hypothesis-profile=NAME` (applied after this file is imported) can override the default:
+# - "ci" (default): few examples, derandomized, so the file takes about a minute on 2 cores and a
+#   run is reproducible;
+# - "long": 10x the examples and fresh random draws, for a local run of about ten minutes.
+# max_examples is the unit each fuzz test scales by its cost (test_fuzz.examples).
+try:
+    from hypothesis import HealthCheck, settings
+
+    _common = dict(deadline=None, database=None, print_blob=True,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile("ci", max_examples=10, derandomize=True, **_common)
+    settings.register_profile("long", max_examples=100, **_common)
+    settings.load_profile("ci")
+except ImportError:  # the fuzz suite skips itself
+    pass
+
 
 def devices():
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

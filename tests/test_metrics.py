@@ -311,3 +311,94 @@ def test_bad_inputs():
     # small images are fine for the metrics without windows
     tiny = a[..., :5, :6]
     assert M.evaluate(tiny, tiny, tiny, names="EN,MI,Qabf,SD,SF,AG,CC,MSE,Nabf")["MSE"].item() == 0
+
+
+# ---------------------------------------------------------------------------- degenerate inputs
+
+#: the metrics that accept any size (VIF needs 41x41, SSIM 11x11)
+ANY_SIZE = "EN,MI,Qabf,SD,SF,AG,SCD,CC,PSNR,MSE,Nabf"
+
+
+def _q(g, a):
+    """Q_SF for a strength ratio g and an angle agreement a (module gradient's sigmoids)."""
+    return 0.9994 / (1 + math.exp(-15 * (g - 0.5))) * 0.9879 / (1 + math.exp(-22 * (a - 0.8)))
+
+
+@pytest.mark.parametrize("protocol", ["paper", "standard"])
+@pytest.mark.parametrize(
+    "case",
+    ["zeros", "constant", "constant rgb", "vis constant", "F = vis", "F = ir", "1x1", "1xN", "Nx1", "2x2"],
+)
+def test_degenerate_inputs_have_no_nan(case, protocol):
+    t = rand_img(c=1, h=48, w=48)
+    u = rand_img(c=1, h=48, w=48)
+    z = torch.zeros_like(t)
+    c = torch.full_like(t, 0.3)
+    vis, ir, fused = {
+        "zeros": (z, z, z),
+        "constant": (c, c, c),
+        "constant rgb": (c.expand(1, 3, -1, -1), c, c),
+        "vis constant": (c, t, u),
+        "F = vis": (t, u, t),
+        "F = ir": (t, u, u),
+        "1x1": (t[..., :1, :1], u[..., :1, :1], t[..., :1, :1]),
+        "1xN": (t[..., :1, :], u[..., :1, :], (t + u)[..., :1, :] / 2),
+        "Nx1": (t[..., :1], u[..., :1], (t + u)[..., :1] / 2),
+        "2x2": (t[..., :2, :2], u[..., :2, :2], z[..., :2, :2]),
+    }[case]
+    names = None if min(vis.shape[-2:]) >= 41 else ANY_SIZE
+    r = M.evaluate(vis, ir, fused, names, protocol=protocol)
+    for name, v in r.items():
+        if name == "PSNR" and float(r["MSE"]) == 0:
+            assert math.isinf(float(v)) and float(v) > 0  # the documented limit
+        else:
+            assert torch.isfinite(v).all(), (name, v)
+
+
+@pytest.mark.parametrize("protocol", ["paper", "standard"])
+def test_degenerate_conventions(protocol):
+    t, z = rand_img(h=48, w=48), torch.zeros(1, 1, 48, 48)
+    c = torch.full_like(t, 0.3)
+    # VIF: a source without texture contributes 1 (VIF(S, S)); the other pair is unchanged
+    assert M.vif(z, z, z, protocol).item() == 2.0
+    assert M.vif(c, t, t, protocol).item() == pytest.approx(1 + M.vif(t, t, t, protocol).item() / 2, abs=1e-12)
+    # CC and SCD: a correlation with a constant is 0
+    assert M.cc(c, t, t, protocol).item() == pytest.approx(0.5, abs=1e-12)  # (r(c, t) + r(t, t)) / 2
+    assert M.scd(c, t, t, protocol).item() == pytest.approx(1.0, abs=1e-12)  # r(0, c) + r(t - c, t)
+    assert M.cc(z, z, z, protocol).item() == 0.0 and M.scd(z, z, z, protocol).item() == 0.0
+    # Qabf without source edges: the plain mean of Q_SF; gS = gF = 0 compares as equal strengths,
+    # whose ratio is gF = 0 (paper) or 1 (standard), with equal angles (pi/2 where gx = 0)
+    want = _q(0.0 if protocol == "paper" else 1.0, 1.0)
+    assert M.qabf(z, z, z, protocol).item() == pytest.approx(want, abs=1e-6)  # float32 maps
+    # Nabf without source edges: the share of pixels where F adds an edge, times 1 - Q_SF there
+    assert M.nabf(z, z, z, protocol).item() == 0.0
+    f = torch.zeros(1, 1, 48, 48)
+    f[..., 24:, :] = 1.0  # an edge across the middle (and the zero-padded border around the bright half)
+    gx = F.conv2d(F.pad(f, (1, 1, 1, 1)), torch.tensor([[[[1.0, 0, -1], [2, 0, -2], [1, 0, -1]]]]))
+    gy = F.conv2d(F.pad(f, (1, 1, 1, 1)), torch.tensor([[[[-1.0, -2, -1], [0, 0, 0], [1, 2, 1]]]]))
+    share = float(((gx != 0) | (gy != 0)).double().mean())
+    assert 0.05 < share < 0.2
+    # where F has an edge and the sources none, G_SF = 0 and Q_SF < 0.001
+    assert 0.999 * share < M.nabf(z, z, f, protocol).item() <= share + 1e-12
+    # PSNR of identical images: +inf
+    assert M.psnr(t, t, t, protocol).item() == math.inf
+
+
+def test_one_pixel_high_or_wide_sf_ag_by_hand():
+    row = torch.tensor([0.0, 1.0, 0.0, 1.0]).view(1, 1, 1, 4)
+    for x in (row, row.transpose(-1, -2)):
+        r = M.evaluate(x, x, x, names="SF,AG")
+        assert r["SF"].item() == pytest.approx(255.0)  # sqrt(mean(255^2) + 0)
+        assert r["AG"].item() == pytest.approx(255.0 / math.sqrt(2))  # sqrt((255^2 + 0) / 2)
+    one = torch.full((1, 1, 1, 1), 0.5)
+    assert M.evaluate(one, one, one, names="SF,AG")["SF"].item() == 0.0
+
+
+def test_degenerate_image_in_a_batch_leaves_the_others_alone():
+    t, u = rand_img(h=48, w=48), rand_img(h=48, w=48)
+    z = torch.zeros_like(t)
+    alone = M.evaluate(t, u, (t + u) / 2)
+    batch = M.evaluate(torch.cat([z, t]), torch.cat([z, u]), torch.cat([z, (t + u) / 2]))
+    for name in M.METRICS:
+        assert torch.isfinite(batch[name][0]) or name == "PSNR", name
+        torch.testing.assert_close(batch[name][1], alone[name][0], atol=1e-9, rtol=1e-9)

@@ -13,7 +13,7 @@ def register(sub):
 
 def run(args) -> int:
     from .. import __version__
-    from ..backends import backend_status
+    from ..backends import backend_status, env_preference
 
     try:
         import triton
@@ -31,4 +31,27 @@ def run(args) -> int:
         print(f"\ndevice {d} ({name}), threads={torch.get_num_threads()}")
         for b, (ok, why) in backend_status(d).items():
             print(f"  {'yes' if ok else 'no ':3}  {b:7} {why}")
+        _print_env_preference(d, env_preference(d))
     return 0
+
+
+def _print_env_preference(device: str, pref) -> None:
+    """Where ``HFK_BACKEND`` is set: which calls on ``device`` fall back from it, and why."""
+    from ..backends import ENV_VAR
+
+    if pref is None:
+        return
+    if pref["error"]:
+        print(f"  {ENV_VAR}: {pref['error']}")
+        return
+    if pref["unavailable"]:
+        print(f"  {ENV_VAR}={pref['name']} is a preference: {pref['unavailable']}; every call on "
+              f"{device} uses the automatic choice")
+        return
+    if not pref["fallbacks"]:
+        print(f"  {ENV_VAR}={pref['name']}: used for every op and dtype")
+        return
+    print(f"  {ENV_VAR}={pref['name']} is a preference; these calls use another backend:")
+    for op, dts, used, why in pref["fallbacks"]:
+        names = ", ".join(str(t).replace("torch.", "") for t in dts)
+        print(f"    {op:18} {names:35} -> {used or 'none'} ({why})")

@@ -21,6 +21,28 @@ SSIM     constants negligible (values scaled by 255 twice)    C1 = (0.01*255)^2,
 
 Use :func:`evaluate` for several metrics at once: the preparation (scaling, gray conversion,
 levels, Sobel responses) is shared between them.
+
+Degenerate inputs. Every metric has a defined value for every input it accepts (finite inputs in
+[0, 1], at least 1x1 pixels; VIF needs 41x41, SSIM 11x11, else ``ValueError``): no NaN. Where
+the published formula divides 0 by 0, the convention below applies (each is documented, with
+its reason, in the module that computes the metric):
+
+=========  =============================================  ======================================
+metric     degenerate case                                value
+=========  =============================================  ======================================
+VIF        a source without texture (e.g. constant):      that pair's term is 1 (= VIF(S, S)),
+           its information is 0/0                         the other pair's term is unchanged
+Qabf       no edge in either source (e.g. all zero):      the plain mean of Q_AF, Q_BF over the
+           the edge-strength weights sum to 0             pixels (equal weights)
+Nabf       no edge in either source                       the plain mean of AM (1 - Q_SF); 0 for
+                                                          an F without edges
+CC, SCD    a constant factor (constant A, B or F, or      that correlation is 0
+           F - B = 0 for SCD's r(F - B, A))
+SF, AG     one pixel high or wide                         the missing difference is 0 (1x1: 0)
+PSNR       MSE = 0 (F equals both sources)                +inf (the formula's limit; not NaN)
+=========  =============================================  ======================================
+
+EN, MI, SSIM, SD and MSE are finite for every accepted input as published.
 """
 from __future__ import annotations
 

@@ -106,7 +106,9 @@ def _rows_ready(x: torch.Tensor, stride: int) -> torch.Tensor:
     s_map, s_row, s_col = x.stride()
     if s_col == 1 and (m == 1 or (s_row >= c and s_map % (s_row * stride) == 0)):
         return x
-    buf = x.new_empty(m, r + (-r) % stride, c)
+    # zeros, not empty: the row pass multiplies padding rows by zero band entries, and an
+    # uninitialised NaN/inf there would turn 0 * x into NaN in a valid output
+    buf = x.new_zeros(m, r + (-r) % stride, c)
     buf[:, :r] = x
     return buf[:, :r]
 

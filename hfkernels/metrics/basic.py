@@ -3,7 +3,8 @@ apart from the gray conversion).
 
 - SD: population standard deviation of gray F.
 - MSE = (mean((A - F)^2) + mean((B - F)^2)) / 2.
-- PSNR = 10 log10(255^2 / MSE) (infinite when MSE = 0).
+- PSNR = 10 log10(255^2 / MSE); +inf when MSE = 0 (F equals both sources), the formula's
+  limit, as other libraries report it; no finite cap would be right for every use.
 """
 from __future__ import annotations
 

@@ -15,10 +15,20 @@ Nabf (Kumar & Dass' modified fusion-artifact measure N_abf^m), from the same Q_S
 
     Nabf = sum(AM ((1 - Q_AF) gA + (1 - Q_BF) gB)) / sum(gA + gB),  AM = [gF > gA and gF > gB]
 
+Both are means of per-pixel scores weighted by the source strengths gA, gB. Where the sources
+have no edge at all (gA + gB = 0 everywhere, e.g. both all-zero) the weights are taken equal:
+Qabf = mean(Q_AF + Q_BF) / 2, Nabf = mean(AM ((1 - Q_AF) + (1 - Q_BF))) / 2 -- the plain mean,
+which a weighted mean with vanishing weights has no better value for. So an F without edges
+scores Nabf = 0, and one that adds edges to edge-free sources scores the fraction of pixels
+where it does. (Constant non-zero images have edges at the zero-padded border.)
+
 AG (average gradient), forward differences over the (H-1) x (W-1) pixels that have both:
     AG = mean(sqrt(((F[i+1,j] - F[i,j])^2 + (F[i,j+1] - F[i,j])^2) / 2))
 SF (spatial frequency): SF = sqrt(RF^2 + CF^2), RF^2 = mean over horizontal neighbours of
     (F[i,j+1] - F[i,j])^2, CF^2 = the same over vertical neighbours.
+An image one pixel high (or wide) has no vertical (horizontal) neighbours: that difference is
+taken as 0 (RF^2 or CF^2 = 0; AG over the W-1 (H-1) pixels with the other difference), and a 1x1
+image has SF = AG = 0.
 """
 from __future__ import annotations
 
@@ -93,9 +103,23 @@ def _compute_q_maps(x: Prepared):
     return g, q.mul_(g[:, :2])
 
 
+def _equal_weight_q(x: Prepared, idx: torch.Tensor):
+    """For the images ``idx`` (whose sources have no edges): Q_SF (n, 2, H, W) unweighted, and
+    the strengths g (n, 3, H, W)."""
+    gx, gy = x.sobel
+    g, a = strength_angle(gx[idx], gy[idx])
+    return edge_preservation(g[:, :2], a[:, :2], g[:, 2:], a[:, 2:], x.protocol), g
+
+
 def qabf_prepared(x: Prepared) -> torch.Tensor:
     g, qg = _q_maps(x)
-    return qg.sum(dim=(1, 2, 3), dtype=torch.float64) / g[:, :2].sum(dim=(1, 2, 3), dtype=torch.float64)
+    den = g[:, :2].sum(dim=(1, 2, 3), dtype=torch.float64)
+    out = qg.sum(dim=(1, 2, 3), dtype=torch.float64) / den
+    none = (den == 0).nonzero().flatten()
+    if none.numel():  # no source edges: equal weights (module docstring)
+        q, _ = _equal_weight_q(x, none)
+        out[none] = q.mean(dim=(1, 2, 3), dtype=torch.float64)
+    return out
 
 
 def nabf_prepared(x: Prepared) -> torch.Tensor:
@@ -103,20 +127,39 @@ def nabf_prepared(x: Prepared) -> torch.Tensor:
     gs, gf = g[:, :2], g[:, 2:]
     am = (gf > gs).all(dim=1, keepdim=True)
     art = torch.where(am, gs - qg, 0.0)  # (1 - Q_SF) gS where F's edge beats both sources'
-    return art.sum(dim=(1, 2, 3), dtype=torch.float64) / gs.sum(dim=(1, 2, 3), dtype=torch.float64)
+    den = gs.sum(dim=(1, 2, 3), dtype=torch.float64)
+    out = art.sum(dim=(1, 2, 3), dtype=torch.float64) / den
+    none = (den == 0).nonzero().flatten()
+    if none.numel():  # no source edges: equal weights (module docstring)
+        q, gn = _equal_weight_q(x, none)
+        amn = (gn[:, 2:] > gn[:, :2]).all(dim=1, keepdim=True)
+        out[none] = torch.where(amn, 1.0 - q, 0.0).mean(dim=(1, 2, 3), dtype=torch.float64)
+    return out
+
+
+def _neighbour_differences(f: torch.Tensor):
+    """Forward differences (dx, dy) of f (B, C, H, W) over the pixels that have both neighbours,
+    each (B, C, max(H-1, 1), max(W-1, 1)); a missing direction (H or W = 1) gives zeros."""
+    h, w = f.shape[-2:]
+    rows, cols = max(h - 1, 1), max(w - 1, 1)
+    zero = f.new_zeros(*f.shape[:-2], rows, cols)
+    dx = f[..., :rows, 1:] - f[..., :rows, :-1] if w > 1 else zero
+    dy = f[..., 1:, :cols] - f[..., :-1, :cols] if h > 1 else zero
+    return dx, dy
 
 
 def ag_prepared(x: Prepared) -> torch.Tensor:
-    f = x.gf
-    dx = f[..., :-1, 1:] - f[..., :-1, :-1]
-    dy = f[..., 1:, :-1] - f[..., :-1, :-1]
+    dx, dy = _neighbour_differences(x.gf)
     return torch.sqrt((dx * dx + dy * dy) / 2.0).mean(dim=(1, 2, 3), dtype=torch.float64)
 
 
 def sf_prepared(x: Prepared) -> torch.Tensor:
     f = x.gf
+    h, w = f.shape[-2:]
+    zero = f.new_zeros(f.shape[0], dtype=torch.float64)
     dx = f[..., :, 1:] - f[..., :, :-1]
     dy = f[..., 1:, :] - f[..., :-1, :]
-    rf2 = (dx * dx).mean(dim=(1, 2, 3), dtype=torch.float64)
-    cf2 = (dy * dy).mean(dim=(1, 2, 3), dtype=torch.float64)
+    # an image one pixel high (wide) has no vertical (horizontal) neighbours: that term is 0
+    rf2 = (dx * dx).mean(dim=(1, 2, 3), dtype=torch.float64) if w > 1 else zero
+    cf2 = (dy * dy).mean(dim=(1, 2, 3), dtype=torch.float64) if h > 1 else zero
     return torch.sqrt(rf2 + cf2)

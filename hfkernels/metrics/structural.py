@@ -13,6 +13,11 @@ SSIM = SSIM(gray A, gray F) + SSIM(gray B, gray F), each the mean of the SSIM ma
 CC = (r(A, F) + r(B, F)) / 2 and SCD = r(F - B, A) + r(F - A, B), with r the Pearson correlation
 over all pixels (Aslantas & Bendes' sum of the correlations of differences); both from the 3x3
 covariance matrix of A, B, F (covariances are bilinear, so r(F - B, A) needs no difference image).
+
+r(X, Y) is 0 when X or Y has no variance (a constant image, or F - B = 0 when F equals B): no
+linear relation is measurable, and 0/0 would be NaN. "No variance" is ``N var(X) <= 1e-12
+sum(X^2)``: exact zero for 8-bit levels, and above the rounding of the one-pass covariance
+(~1e-15 relative) for other values. Correlations are clamped to [-1, 1] against rounding.
 """
 from __future__ import annotations
 
@@ -59,8 +64,13 @@ def ssim_prepared(x: Prepared) -> torch.Tensor:
     return ssim_pairs(x.moment_maps, *ssim_constants(x.protocol)).sum(dim=1)
 
 
-def _covariances(x: Prepared) -> torch.Tensor:
-    """(B, 3, 3) float64 N * covariance matrix of gray A, B, F (N = pixels per image).
+#: N var(X) at or below this fraction of sum(X^2) counts as no variance (see module docstring)
+FLAT = 1e-12
+
+
+def _covariances(x: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, 3) float64 N * covariance matrix of gray A, B, F (N = pixels per image), and the
+    (B, 3, 3) raw sums of products it comes from (for the no-variance tolerance).
 
     From the sums of ``Prepared.moment_maps`` (shared with VIF and SSIM) plus sum(A B): one
     reduction instead of centred copies. The sums are exact for integer levels (< 2^53); for
@@ -77,22 +87,31 @@ def _covariances(x: Prepared) -> torch.Tensor:
         m[:, 0, 2] = m[:, 2, 0] = s[:, 6]
         m[:, 1, 2] = m[:, 2, 1] = s[:, 7]
         m[:, 0, 1] = m[:, 1, 0] = sab
-        x.cache["cov"] = m - s[:, :3, None] * s[:, None, :3] / n
+        x.cache["cov"] = (m - s[:, :3, None] * s[:, None, :3] / n, m)
     return x.cache["cov"]
 
 
+def _corr(cxy, cxx, cyy, sxx, syy) -> torch.Tensor:
+    """Pearson r from N-scaled (co)variances; 0 where X or Y has no variance (cxx <= FLAT sxx,
+    sxx the raw sum of squares)."""
+    flat = (cxx <= FLAT * sxx) | (cyy <= FLAT * syy)
+    r = cxy / torch.sqrt(cxx.clamp_min(0) * cyy.clamp_min(0)).clamp_min(1e-300)
+    return torch.where(flat, 0.0, r.clamp(-1.0, 1.0))
+
+
 def cc_prepared(x: Prepared) -> torch.Tensor:
-    c = _covariances(x)
-    caf, cbf = c[:, 0, 2], c[:, 1, 2]
+    c, m = _covariances(x)
     caa, cbb, cff = c[:, 0, 0], c[:, 1, 1], c[:, 2, 2]
-    return (caf / torch.sqrt(caa * cff) + cbf / torch.sqrt(cbb * cff)) / 2
+    saa, sbb, sff = m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]
+    return (_corr(c[:, 0, 2], caa, cff, saa, sff) + _corr(c[:, 1, 2], cbb, cff, sbb, sff)) / 2
 
 
 def scd_prepared(x: Prepared) -> torch.Tensor:
-    c = _covariances(x)
+    c, m = _covariances(x)
     caa, cbb, cff = c[:, 0, 0], c[:, 1, 1], c[:, 2, 2]
     cab, caf, cbf = c[:, 0, 1], c[:, 0, 2], c[:, 1, 2]
-    # r(F - B, A) + r(F - A, B), by bilinearity of the covariance
-    r1 = (caf - cab) / torch.sqrt((cff + cbb - 2 * cbf) * caa)
-    r2 = (cbf - cab) / torch.sqrt((cff + caa - 2 * caf) * cbb)
+    saa, sbb, sff = m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]
+    # r(F - B, A) + r(F - A, B), by bilinearity of the covariance; sum((F - B)^2) <= 2 (FF + BB)
+    r1 = _corr(caf - cab, cff + cbb - 2 * cbf, caa, 2 * (sff + sbb), saa)
+    r2 = _corr(cbf - cab, cff + caa - 2 * caf, cbb, 2 * (sff + saa), sbb)
     return r1 + r2

@@ -13,7 +13,11 @@ for s > 1, ref and dist are filtered ('valid') and subsampled by 2 in both direc
     VIF = sum_s sum log10(1 + g^2 s1 / (sv + 2)) / sum_s sum log10(1 + s1 / 2)
 
 float64 because ``E[x^2] - E[x]^2`` cancels in flat regions, where the 1e-10 thresholds decide.
-An image pair with no texture at all (denominator 0) gives NaN.
+
+A source with no texture at all (s1 < 1e-10 in every window at every scale, e.g. a constant
+image) makes its denominator 0, and then its numerator is 0 too (g = 0 everywhere): that pair's
+VIF is 1, the value of VIF(S, S) for every textured S -- the fused image keeps all of the
+source's (zero) information. The sum over the two pairs is then 1 + VIF(other source, F).
 """
 from __future__ import annotations
 
@@ -77,4 +81,6 @@ def vif_prepared(x: Prepared) -> torch.Tensor:
             f"windows), got {g.shape[-1]}x{g.shape[-2]}"
         )
     num, den = vif_terms(g, x.moment_maps)
-    return (num / den).sum(dim=1)
+    # den == 0 only for a source without texture, where num == 0 as well (see module docstring)
+    # (== 0, not <= 0: anything else, NaN included, must show through)
+    return torch.where(den == 0, 1.0, num / den).sum(dim=1)

@@ -6,7 +6,9 @@ them an autograd formula and fake (meta) implementations through ``torch.library
 with ``torch.autograd.gradcheck`` and ``torch.compile(fullgraph=True)``.
 
 What autograd stores for the backward: only the three inputs (references, no copies); the
-backward kernel recomputes the small pyramid levels it needs (see the C++ comments).
+backward kernel recomputes the small pyramid levels it needs (see the C++ comments). Under
+``create_graph=True`` the backward differentiates the reference instead (double backward; see
+:mod:`hfkernels.ops.fuse_torch`).
 
 When the extension is not built (``hfkernels._ext.ERROR``) or was built without these ops, this
 module imports cleanly and registers nothing.
@@ -17,6 +19,7 @@ import torch
 
 from .. import _ext
 from ..backends import implements
+from .fuse_torch import fuse_reference_vjp
 
 
 def _has_ops() -> bool:
@@ -52,6 +55,8 @@ def _backward(ctx, grad):
     need = ctx.needs_input_grad
     if not any(need[:3]):
         return None, None, None, None
+    if torch.is_grad_enabled():  # create_graph=True: the kernel is first-order only
+        return (*fuse_reference_vjp(grad, vis, ir, mu, ctx.levels), None)
     gv, gi, gm = torch.ops.hfkernels_ext.fuse_backward(grad, vis, ir, mu, ctx.levels)
     return (gv if need[0] else None), (gi if need[1] else None), (gm if need[2] else None), None
 

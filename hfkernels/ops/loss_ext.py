@@ -10,7 +10,9 @@ The kernels live in ``csrc/cpu/loss_cpu.cpp`` (CPU, also the op schemas) and
 - ``gradient_max_forward(a, b, f) -> 0-dim`` and
   ``gradient_max_backward(grad, a, b, f) -> (grad_a, grad_b, grad_f)``.
 
-This module gives the forward ops their autograd formula and fake (meta) implementation through
+Under ``create_graph=True`` the backward differentiates the plain PyTorch formulation instead
+(the kernels are first-order only; see :mod:`hfkernels.ops.loss_torch`). This module gives the
+forward ops their autograd formula and fake (meta) implementation through
 ``torch.library`` and registers them with the backend registry. Without a built extension it
 imports cleanly and registers nothing (``hfkernels.backends`` then says why).
 """
@@ -20,6 +22,7 @@ import torch
 
 from .. import _ext
 from ..backends import implements
+from .loss_torch import gradient_max_reference_vjp, ssim_reference_vjp
 
 _PADDINGS = ("valid", "same")
 
@@ -64,6 +67,9 @@ if _ext.ERROR is None:
     def _ssim_backward(ctx, grad, _grad_coefs):
         x, y, coefs = ctx.saved_tensors
         window_size, sigma, c1, c2, same = ctx.args
+        if torch.is_grad_enabled():  # create_graph=True: the kernels are first-order only
+            gx, gy = ssim_reference_vjp(grad, x, y, window_size, sigma, c1, c2, "same" if same else "valid")
+            return gx, gy, None, None, None, None, None, None
         if coefs.numel() == 0 and x.numel() > 0:
             # The forward ran without saving (no input required grad at the time): recompute.
             _, coefs = _ops.ssim_forward(x, y, window_size, sigma, c1, c2, same, True)
@@ -107,6 +113,8 @@ if _ext.ERROR is None:
 
     def _gm_backward(ctx, grad):
         a, b, f = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the kernels are first-order only
+            return gradient_max_reference_vjp(grad, a, b, f)
         return _ops.gradient_max_backward(grad, a, b, f)
 
     torch.library.register_autograd(

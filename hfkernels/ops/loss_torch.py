@@ -21,10 +21,12 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 
 from .. import loss_reference as lref
 from ..backends import implements
 from ..reference import gaussian_taps
+from .fuse_torch import differentiable_vjp
 
 _HALF = (torch.float16, torch.bfloat16)
 # Block lengths of the banded products: measured best on a 2-core CPU for 480x640 images.
@@ -150,6 +152,34 @@ def _stats(x, y, window_size, sigma, padding):
     return st.view(5, b, c, st.shape[-2], st.shape[-1])
 
 
+def ssim_autograd(x, y, window_size: int, sigma: float, c1: float, c2: float, padding: str) -> torch.Tensor:
+    """The "ssim" op's contract (B,) in plain differentiable PyTorch: two 1-D ``conv2d`` passes
+    with every tap, then :func:`ssim_from_stats`. Half precision is computed in float32."""
+    dtype = x.dtype
+    if dtype in _HALF:
+        x, y = x.float(), y.float()
+    b, c, h, w = x.shape
+    t = gaussian_taps(window_size, sigma, dtype=x.dtype, device=x.device)
+    planes = torch.stack([x, y, x * x, y * y, x * y]).reshape(5 * b * c, 1, h, w)
+    if padding == "same":
+        planes = F.pad(planes, lref.same_padding(window_size))
+    st = F.conv2d(F.conv2d(planes, t.view(1, 1, 1, -1)), t.view(1, 1, -1, 1))
+    st = st.view(5, b, c, st.shape[-2], st.shape[-1])
+    return ssim_from_stats(*st.unbind(0), c1, c2).flatten(1).mean(1).to(dtype)
+
+
+def ssim_reference_vjp(grad, x, y, window_size, sigma, c1, c2, padding):
+    """Differentiable gradients (x, y) of the "ssim" op, for any backend's double backward."""
+    return differentiable_vjp(
+        lambda a, b: ssim_autograd(a, b, window_size, sigma, c1, c2, padding), grad, x, y
+    )
+
+
+def gradient_max_reference_vjp(grad, a, b, f):
+    """Differentiable gradients (a, b, f) of the "gradient_max" op, for double backward."""
+    return differentiable_vjp(lref.gradient_max, grad, a, b, f)
+
+
 @torch.library.custom_op("hfkernels::ssim_torch", mutates_args=())
 def ssim_torch(
     x: torch.Tensor, y: torch.Tensor, window_size: int, sigma: float, c1: float, c2: float, padding: str
@@ -199,6 +229,8 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad, _grad_stats):
     x, y, st = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the custom op below is first-order only
+        return (*ssim_reference_vjp(grad, x, y, *ctx.args), None, None, None, None, None)
     gx, gy = ssim_torch_backward(grad.contiguous(), x, y, st, *ctx.args)
     return gx, gy, None, None, None, None, None
 
@@ -294,6 +326,8 @@ def _gm_setup(ctx, inputs, output):
 
 
 def _gm_backward(ctx, grad):
+    if torch.is_grad_enabled():  # create_graph=True: the custom op below is first-order only
+        return gradient_max_reference_vjp(grad, *ctx.saved_tensors)
     return gradient_max_torch_backward(grad, *ctx.saved_tensors)
 
 
