@@ -3,7 +3,7 @@
 A run folder holds::
 
     RUN/config.json                  model + training configuration (written when the run starts)
-    RUN/checkpoint.json              the commit record: epoch, the two files below, optimizer groups
+    RUN/checkpoint.json              the commit record: epoch, guide kind, the two files below, optimizer groups
     RUN/model-e0003.safetensors      model weights and buffers after epoch 3 (+ config in metadata)
     RUN/optim-e0003.safetensors      optimizer state after epoch 3
     RUN/history.json                 one record per completed epoch (written by the trainer)
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
@@ -30,11 +30,26 @@ CONFIG_JSON = "config.json"
 FORMAT = "hfkernels-checkpoint-1"
 
 
+def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
+    """A new, exclusively created file beside ``name``. Created with mode 0666 so the kernel
+    applies the process umask, as for any ordinary file (``tempfile.mkstemp`` would force 0600
+    and leave run folders unreadable by the group)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name} in {folder}")
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+    The new file gets the permissions of any new file (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -104,7 +119,8 @@ def save_checkpoint(run_dir, model, optimizer=None, epoch: int = 0, extra: dict 
     """Write the checkpoint of ``epoch`` into ``run_dir`` atomically; returns checkpoint.json's path.
 
     ``model`` may be wrapped (DDP); its :meth:`config` (if any) goes into the safetensors metadata
-    so the weights file alone is enough to rebuild the network.
+    so the weights file alone is enough to rebuild the network (guide kind included; it is
+    also written to checkpoint.json as ``"guide"`` for readers of the record).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,6 +132,8 @@ def save_checkpoint(run_dir, model, optimizer=None, epoch: int = 0, extra: dict 
     atomic_write_bytes(run_dir / model_name, st_save(model_tensors(inner), metadata=meta))
     record = {"format": FORMAT, "epoch": epoch, "model": model_name, "optimizer": None,
               "extra": extra or {}}
+    if hasattr(inner, "config"):
+        record["guide"] = inner.config().get("guide")
     if optimizer is not None:
         tensors, ometa = optimizer_tensors(optimizer)
         optim_name = f"optim-e{epoch:04d}.safetensors"
@@ -136,7 +154,8 @@ def has_checkpoint(run_dir) -> bool:
 
 def load_checkpoint(run_dir, map_location="cpu") -> dict:
     """Read the last complete checkpoint of a run: ``{"epoch", "model" (state dict),
-    "optimizer" (state dict or None), "extra", "config" (model config or None)}``."""
+    "optimizer" (state dict or None), "extra", "config" (model config or None), "guide"}``;
+    ``guide`` is the guide kind (``"scratch"`` for checkpoints written before the field existed)."""
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT_JSON
     if not path.is_file():
@@ -147,8 +166,9 @@ def load_checkpoint(run_dir, map_location="cpu") -> dict:
     if record.get("optimizer"):
         tensors = _read_tensors(run_dir / record["optimizer"], map_location)
         optim = optimizer_state_from(tensors, record["optimizer_meta"])
+    guide = (config or {}).get("guide") or record.get("guide") or "scratch"
     return {"epoch": int(record["epoch"]), "model": model_sd, "optimizer": optim,
-            "extra": record.get("extra", {}), "config": config}
+            "extra": record.get("extra", {}), "config": config, "guide": guide}
 
 
 def _read_tensors(path: Path, map_location):

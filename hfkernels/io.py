@@ -1,10 +1,12 @@
-"""Image files: reading, writing, pairing two folders by file name, finding the shared data.
+"""Image files: reading, writing, pairing two folders by file name, finding the shared data, and
+the one rule every command that writes follows (:func:`check_outputs`).
 
 Every error names the file (or files) at fault; nothing is dropped silently.
 """
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,10 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 class PairingError(ValueError):
     """Two folders whose images do not pair up one to one by file name."""
+
+
+class OutputError(ValueError):
+    """An output that would replace an input, or an existing file, without being told to."""
 
 
 def is_image(path) -> bool:
@@ -127,6 +133,116 @@ def describe_unmatched(folder_a, folder_b, res: Pairs) -> str:
     lines += [f"  only in {folder_a}: {p.name}" for p in res.only_a]
     lines += [f"  only in {folder_b}: {p.name}" for p in res.only_b]
     return "\n".join(lines)
+
+
+def _resolved(path) -> Path:
+    # symlinks and ".." are resolved so that two spellings of one file compare equal
+    return Path(path).expanduser().resolve()
+
+
+def _inode(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def is_stream(path) -> bool:
+    """Whether ``path`` is (or links to) a character device or a pipe, e.g. ``/dev/stdout``:
+    writing there replaces nothing."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def write_output(path, data: bytes) -> None:
+    """Write a command's output file: atomically (see :func:`hfkernels.checkpoint.atomic_write_bytes`)
+    for a file, straight through for a stream such as ``/dev/stdout``."""
+    if is_stream(path):
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    from .checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
+
+
+def _some(paths, n: int = 5) -> str:
+    shown = ", ".join(str(p) for p in paths[:n])
+    return shown + (f" and {len(paths) - n} more" if len(paths) > n else "")
+
+
+def _not_in_inputs(option: str, out: Path, given_of: dict) -> Path:
+    r = _resolved(out)
+    hit = next((q for q in (r, *r.parents) if q in given_of), None)
+    if hit is not None:
+        where = "is the input" if hit == r else "lies inside the input folder"
+        raise OutputError(f"{option} {out} {where} {given_of[hit]}: refusing to write over an input; "
+                          "choose an output outside the inputs")
+    return r
+
+
+def check_output_folder(option: str, folder, inputs=()) -> None:
+    """Raise :class:`OutputError` if the output folder ``folder`` is one of ``inputs`` or lies
+    inside one (paths compared after resolving ``..`` and symlinks), or is an existing file."""
+    folder = Path(folder)
+    _not_in_inputs(option, folder, {_resolved(p): Path(p) for p in inputs if p is not None})
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{option} {folder} is a file, not a folder")
+
+
+def check_outputs(outputs, inputs=(), *, overwrite: bool = False) -> None:
+    """The rule for every file a command writes: refuse, before anything is written, any output
+    that would destroy something.
+
+    Args:
+        outputs: ``(option, path)`` pairs, one per file about to be written; ``option`` names
+            where the path came from in messages (e.g. ``"--out"``, ``"--json"``).
+        inputs: files or folders the command reads (``None`` entries are skipped).
+        overwrite: allow replacing existing outputs (never inputs).
+
+    Raises :class:`OutputError` (a ValueError) naming the paths when an output is an input or
+    lies inside an input folder (compared after resolving ``..`` and symlinks, and by inode, so
+    a symlink or hard link to an input counts as the input); when two outputs are one file; when
+    an output is an existing folder; or when it exists (a file or a link, dangling links
+    included) and ``overwrite`` is false.
+    """
+    given_of: dict[Path, Path] = {}
+    by_inode: dict[tuple, Path] = {}
+    for p in inputs:
+        if p is None:
+            continue
+        given_of.setdefault(_resolved(p), Path(p))
+        ino = _inode(p)
+        if ino is not None:
+            by_inode.setdefault(ino, Path(p))
+    seen: dict[Path, str] = {}
+    existing: dict[str, list[Path]] = {}
+    for option, out in outputs:
+        out = Path(out)
+        r = _not_in_inputs(option, out, given_of)
+        exists = os.path.lexists(out)
+        ino = _inode(out) if exists else None
+        if ino is not None and ino in by_inode:
+            raise OutputError(f"{option} {out} is the same file as the input {by_inode[ino]} (a link to it): "
+                              "refusing to write over an input; choose an output outside the inputs")
+        if r in seen:
+            other = seen[r]
+            which = option if other == option else f"{other} and {option}"
+            raise OutputError(f"{which} would write {out} twice; give each output its own name")
+        seen[r] = option
+        if out.is_dir():
+            raise OutputError(f"{option} {out} is a folder, not a file name")
+        if exists and not is_stream(out):
+            existing.setdefault(option, []).append(out)
+    if existing and not overwrite:
+        n = sum(len(p) for p in existing.values())
+        parts = "; ".join(f"{option} {_some(paths)}" for option, paths in existing.items())
+        what = "already exists" if n == 1 else f"({n} files) already exist"
+        raise OutputError(f"{parts} {what}; pass --overwrite to replace, or choose another name")
 
 
 def data_root() -> Path | None:

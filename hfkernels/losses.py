@@ -32,7 +32,7 @@ from torch import nn
 
 from . import _validate as V
 from . import loss_reference as lref
-from .backends import select
+from .backends import get_backend, select
 
 _PADDINGS = ("valid", "same")
 
@@ -125,6 +125,23 @@ def gradient_max_loss(a, b, f, *, backend: str | None = None) -> torch.Tensor:
     return impl(a, b, f)
 
 
+#: slack of FusionLoss's input-range check: images mapped by ``x * 2 - 1`` from [0, 1] are exact
+_RANGE_SLACK = 1e-3
+
+
+def _check_signed_unit_range(**tensors: torch.Tensor) -> None:
+    """Raise ValueError naming the first tensor with values outside [-1, 1] (+- slack) or NaN."""
+    named = [(n, t) for n, t in tensors.items() if t.numel() > 0]
+    if not named:
+        return
+    with torch.no_grad():  # one host synchronisation for all of them
+        ext = torch.stack([v.float() for _, t in named for v in torch.aminmax(t.detach())]).tolist()
+    for (name, _), lo, hi in zip(named, ext[0::2], ext[1::2]):
+        if not (lo >= -1.0 - _RANGE_SLACK and hi <= 1.0 + _RANGE_SLACK):  # NaN fails too
+            raise ValueError(f"{name} must lie in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]; map [0, 1] "
+                             "images with x * 2 - 1, or build FusionLoss(check_range=False) to accept any range")
+
+
 class FusionLoss(nn.Module):
     """The paper's released training loss (DESIGN.md, "Training loss"), before the 0.1 scale.
 
@@ -138,10 +155,21 @@ class FusionLoss(nn.Module):
     (B,3,H,W), all in [-1, 1]. Returns the 0-dim total, or ``(total, terms)`` with the weighted
     terms ``{"max", "consist", "grad", "ssim", "color"}``. Under autocast the loss is computed in
     float32 (float64 inputs stay float64); the result has that dtype.
+
+    ``backend`` is checked here (a known name, implementing "ssim" and "gradient_max"); whether it
+    runs on the inputs' device is known only at the call.
+
+    Input range: with ``check_range=True`` (default) a call raises ValueError when ``vis`` or
+    ``ir`` holds values outside [-1 - 1e-3, 1 + 1e-3] (or NaN): a [0, 255] or otherwise wrong
+    range would otherwise train silently against other SSIM constants (the data-range rule
+    adapts to it) and other loss weights. ``fused`` is not checked: a Laplacian fusion of
+    in-range sources may overshoot [-1, 1]. The check is one min/max reduction of the sources
+    and one host synchronisation per call (the SSIM data-range rule already synchronises
+    twice). ``check_range=False`` skips it and accepts any range, as the released code does.
     """
 
     def __init__(self, max_w=10.0, consist_w=2.0, grad_w=40.0, ssim_w=1.0, ssim_ir_w=1.0, ir_compose=2.0,
-                 color_w=2.0, window_size=48, backend: str | None = None):
+                 color_w=2.0, window_size=48, backend: str | None = None, check_range: bool = True):
         super().__init__()
         for name, v in (("max_w", max_w), ("consist_w", consist_w), ("grad_w", grad_w), ("ssim_w", ssim_w),
                         ("ssim_ir_w", ssim_ir_w), ("ir_compose", ir_compose), ("color_w", color_w)):
@@ -150,11 +178,21 @@ class FusionLoss(nn.Module):
         self.weights = dict(max=float(max_w), consist=float(consist_w), grad=float(grad_w), ssim=float(ssim_w),
                             ssim_ir=float(ssim_ir_w), ir_compose=float(ir_compose), color=float(color_w))
         self.window_size = _int_arg(window_size, "window_size", 1)
+        if backend is not None:
+            if not isinstance(backend, str):
+                raise TypeError(f"backend must be a string or None, got {type(backend).__name__}")
+            missing = [op for op in ("ssim", "gradient_max") if op not in get_backend(backend).ops]
+            if missing:
+                raise ValueError(f"backend {backend!r} does not implement {' and '.join(missing)}, "
+                                 "which FusionLoss needs")
+        if not isinstance(check_range, bool):
+            raise TypeError(f"check_range must be a bool, got {type(check_range).__name__}")
         self.backend = backend
+        self.check_range = check_range
 
     def extra_repr(self) -> str:
         w = ", ".join(f"{k}={v:g}" for k, v in self.weights.items())
-        return f"{w}, window_size={self.window_size}, backend={self.backend!r}"
+        return f"{w}, window_size={self.window_size}, backend={self.backend!r}, check_range={self.check_range}"
 
     def forward(self, vis, ir, fused, return_terms: bool = False):
         V.tensor4d(vis, "vis")
@@ -167,6 +205,8 @@ class FusionLoss(nn.Module):
         if ir.shape[1] not in (1, 3) or ir.shape[0] != vis.shape[0] or ir.shape[-2:] != vis.shape[-2:]:
             raise ValueError(f"ir must have shape (B, 1 or 3, H, W) matching vis {tuple(vis.shape)}, "
                              f"got {tuple(ir.shape)}")
+        if self.check_range:
+            _check_signed_unit_range(vis=vis, ir=ir)
         dt = torch.float64 if vis.dtype == torch.float64 else torch.float32
         with torch.autocast(vis.device.type, enabled=False):
             return self._loss(vis.to(dt), ir.to(dt), fused.to(dt), return_terms)

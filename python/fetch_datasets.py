@@ -55,15 +55,21 @@ def has_images(p: Path) -> bool:
     return any(f.suffix.lower() in IMAGE_EXTS for f in p.iterdir() if f.is_file())
 
 
-def link(src: Path, dst: Path) -> None:
+def link(src: Path, dst: Path, overwrite: bool = False) -> None:
+    """Make ``dst`` a link to ``src``. An earlier link is replaced; a real file or folder there
+    (perhaps someone's only copy of the data) only with ``overwrite``."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists() or dst.is_symlink():
-        dst.unlink() if dst.is_symlink() else shutil.rmtree(dst)
+    if dst.is_symlink():
+        dst.unlink()
+    elif dst.exists():
+        if not overwrite:
+            raise FileExistsError(f"{dst} exists and is not a link; move it away, or pass --overwrite to delete it")
+        dst.unlink() if dst.is_file() else shutil.rmtree(dst)
     dst.symlink_to(src.resolve(), target_is_directory=True)
     print(f"  {dst} -> {src}")
 
 
-def fetch_msrs(dest: Path, cache: Path) -> None:
+def fetch_msrs(dest: Path, cache: Path, overwrite: bool = False) -> None:
     repo = clone(SOURCES["msrs"][0], cache / "MSRS")
     for split in ("train", "test"):
         for sub, names in (("vi", ("vi", "visible")), ("ir", ("ir", "infrared"))):
@@ -71,20 +77,20 @@ def fetch_msrs(dest: Path, cache: Path) -> None:
             if not cands:
                 print(f"  warning: no {split}/{sub} folder found in {repo}; look inside and link it by hand")
                 continue
-            link(cands[0], dest / "MSRS" / split / sub)
+            link(cands[0], dest / "MSRS" / split / sub, overwrite)
 
 
-def fetch_roadscene(dest: Path, cache: Path) -> None:
+def fetch_roadscene(dest: Path, cache: Path, overwrite: bool = False) -> None:
     repo = clone(SOURCES["roadscene"][0], cache / "RoadScene")
     for sub, names in (("vi", ("crop_LR_visible",)), ("ir", ("cropinfrared",))):
         cands = [d for d in dirs_named(repo, *names) if has_images(d)]
         if cands:
-            link(cands[0], dest / "RoadScene" / sub)
+            link(cands[0], dest / "RoadScene" / sub, overwrite)
         else:
             print(f"  warning: no {names[0]} folder in {repo}")
 
 
-def fetch_harvard(dest: Path, cache: Path) -> None:
+def fetch_harvard(dest: Path, cache: Path, overwrite: bool = False) -> None:
     repo = clone(SOURCES["harvard"][0], cache / "Harvard")
     for pair in ("CT-MRI", "PET-MRI", "SPECT-MRI"):
         first = pair.split("-")[0]
@@ -92,20 +98,22 @@ def fetch_harvard(dest: Path, cache: Path) -> None:
         for d in dirs_named(repo, pair):
             a, b = dirs_named(d, first), dirs_named(d, "MRI")
             if a and b and has_images(a[0]) and has_images(b[0]):
-                link(a[0], dest / "Harvard" / pair / first)
-                link(b[0], dest / "Harvard" / pair / "MRI")
+                link(a[0], dest / "Harvard" / pair / first, overwrite)
+                link(b[0], dest / "Harvard" / pair / "MRI", overwrite)
                 found = True
                 break
         if not found:
             print(f"  warning: no {pair} folder with {first}/ and MRI/ inside {repo}")
 
 
-def fetch_tno(dest: Path, archive: Path | None) -> None:
+def fetch_tno(dest: Path, archive: Path | None, overwrite: bool = False) -> None:
     if archive is None:
         print(f"  TNO: download the archive from {SOURCES['tno'][0]} and rerun with --tno-archive PATH;")
         print("  or put matching visible/infrared images into data/TNO/vi and data/TNO/ir yourself")
         return
     out = dest / "TNO" / "_archive"
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists (an earlier extraction?); move it away, or pass --overwrite")
     with zipfile.ZipFile(archive) as z:
         z.extractall(out)
     print(f"  extracted {archive} to {out}: TNO ships scene folders; copy each scene's visible and "
@@ -119,6 +127,8 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=None, help="where clones go (default DEST/_sources)")
     p.add_argument("--tno-archive", type=Path, default=None)
     p.add_argument("--list", action="store_true", help="print the sources and exit")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace real folders (not only earlier links) where a data set's link goes")
     args = p.parse_args(argv)
     if args.list:
         for k, (url, what) in SOURCES.items():
@@ -133,13 +143,22 @@ def main(argv=None) -> int:
     for name in args.sets or list(SOURCES):
         print(f"{name}: {SOURCES[name][1]}")
         if name == "tno":
-            fetch_tno(dest, args.tno_archive)
+            fetch_tno(dest, args.tno_archive, args.overwrite)
         else:
-            {"msrs": fetch_msrs, "roadscene": fetch_roadscene, "harvard": fetch_harvard}[name](dest, cache)
+            fetch = {"msrs": fetch_msrs, "roadscene": fetch_roadscene, "harvard": fetch_harvard}[name]
+            fetch(dest, cache, args.overwrite)
     print(f"done: train with  hfkernels train --data {dest}/MSRS --data {dest}/RoadScene --test {dest}/MSRS "
           f"--test {dest}/Harvard   (or export HFK_DATA={dest})")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # stand-alone (it runs where hfkernels may not be installed): errors as one line, as the CLI
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("fetch_datasets.py: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except (OSError, subprocess.CalledProcessError, zipfile.BadZipFile) as e:
+        print(f"fetch_datasets.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

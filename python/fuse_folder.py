@@ -8,14 +8,15 @@
 ``--data DIR`` takes any folder layout that training accepts (``DIR/vi`` + ``DIR/ir``, MSRS's
 ``test`` split, a Harvard ``X-MRI`` folder) and fills in ``--vis``/``--ir``; a folder with several
 sets (e.g. ``Harvard``) writes one sub-folder of ``--out`` per set. Colour is kept (the visible
-image's Cb/Cr), outputs are PNG.
+image's Cb/Cr), outputs are PNG; ``--save-mu`` maps go to ``OUT/mu/``. Outputs inside an input
+folder are refused, and existing files are replaced only with ``--overwrite``.
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hfkernels.cli import main  # noqa: E402
+from hfkernels.cli import main, run_guarded  # noqa: E402
 
 
 def expand(argv):
@@ -39,8 +40,12 @@ def expand(argv):
     return jobs
 
 
-if __name__ == "__main__":
+def run(argv) -> int:
     rc = 0
-    for job in expand(sys.argv[1:]):
+    for job in expand(argv):
         rc = rc or main(["fuse", *job])
-    sys.exit(rc)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(run_guarded(lambda: run(sys.argv[1:]), "fuse_folder.py"))

@@ -19,7 +19,6 @@ its own table. Images are evaluated one at a time, at full resolution unless ``-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import hfkernels as hk  # noqa: E402
+from hfkernels.cli import parse_device, run_guarded  # noqa: E402
+from hfkernels.cli.eval import dump_json  # noqa: E402
 from hfkernels.data import PairDataset, find_sets  # noqa: E402
 from hfkernels.metrics import evaluate  # noqa: E402
 
@@ -81,24 +82,31 @@ def main(argv=None) -> int:
     p.add_argument("--metrics", default=DEFAULT_METRICS)
     p.add_argument("--limit", type=int, help="at most this many pairs per set")
     p.add_argument("--max-size", type=int, help="downscale images whose longer side exceeds this")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--backend", default=None)
-    p.add_argument("--json", help="also write the tables as JSON here")
+    p.add_argument("--json", help="also write the tables as JSON here (strict JSON: NaN as null)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = p.parse_args(argv)
-    fns = methods(args.checkpoint, args.device, args.backend)
+    if args.json:
+        from hfkernels.io import check_outputs
+
+        inputs = [*args.data, *([args.checkpoint] if args.checkpoint else [])]
+        check_outputs([("--json", args.json)], inputs, overwrite=args.overwrite)
+    device = parse_device(args.device)
+    fns = methods(args.checkpoint, device, args.backend)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     result = {}
     for spec in args.data:
         for s in find_sets(spec, split="test"):
             t0 = time.perf_counter()
-            table, n = compare(PairDataset(s, max_size=args.max_size), fns, metrics, args.limit, args.device)
+            table, n = compare(PairDataset(s, max_size=args.max_size), fns, metrics, args.limit, device)
             result[s.name] = table
             print(markdown(s.name, table, n))
             print(f"\n({time.perf_counter() - t0:.1f} s)\n", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        dump_json(args.json, result)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_guarded(main, "table8.py"))

@@ -43,7 +43,7 @@ def test_fuse_single_constant_mu_matches_api(tmp_path):
     want = hk.fuse_color(vis, ir, torch.full_like(ir, 0.25))
     got = read_image(out)[None]
     assert (got - want).abs().max() <= 0.5 / 255 + 1e-6
-    mu = read_image(tmp_path / "MU_o.png")
+    mu = read_image(tmp_path / "mu" / "o.png")
     assert torch.allclose(mu, torch.full_like(mu, 64 / 255))
 
 
@@ -101,7 +101,7 @@ def test_fuse_real_roadscene_pair(tmp_path, data_dir):
     assert fused.shape == v.shape and fused.shape[0] == 3
     # a real fusion: it differs from both sources, and lies between them on average
     assert (fused - v).abs().mean() > 0.01 and (fused.mean(0) - i[0]).abs().mean() > 0.01
-    assert (tmp_path / "MU_fused.png").exists()
+    assert (tmp_path / "mu" / "fused.png").exists()
 
 
 @pytest.mark.data

@@ -38,6 +38,7 @@ def register(sub):
     p.add_argument("--plot", metavar="OUT.png", help="also write a bar chart of the median times (needs matplotlib)")
     p.add_argument("--format", choices=("text", "markdown"), default="text", help="table style (default: text)")
     p.add_argument("--group", metavar="TEXT", help="only benchmarks whose group contains TEXT")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     p.set_defaults(func=run)
 
 
@@ -242,6 +243,10 @@ def plot(rs: list[dict], out) -> None:
 
 
 def run(args) -> int:
+    if args.plot:
+        from ..io import check_outputs
+
+        check_outputs([("--plot", args.plot)], [args.result], overwrite=args.overwrite)
     data = load(args.result)
     rs = rows(data, args.group)
     if not rs:

@@ -1,11 +1,17 @@
-"""``hfkernels fuse``: fuse one pair of images, or two folders of pairs matched by file name."""
+"""``hfkernels fuse``: fuse one pair of images, or two folders of pairs matched by file name.
+
+Guidance maps (``--save-mu``) go into a ``mu/`` folder beside the fused images, under the fused
+image's name, so a folder of fused images holds nothing else for ``hfkernels eval --fused``.
+No output may be an input or lie inside an input folder, and existing files are replaced only
+with ``--overwrite``; both are checked before anything is written.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from . import CLIError
+from . import CLIError, parse_device
 
 
 def register(sub):
@@ -19,7 +25,9 @@ def register(sub):
     p.add_argument("--levels", type=int, default=4)
     p.add_argument("--backend", default=None, help="triton | cuda | cpu | torch (default: best)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
-    p.add_argument("--save-mu", action="store_true", help="also write the guidance map as MU_<name>.png")
+    p.add_argument("--save-mu", action="store_true",
+                   help="also write each guidance map, as mu/<name>.png beside the fused image")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     p.set_defaults(func=run)
 
 
@@ -66,20 +74,38 @@ def fuse_pair(vis_path, ir_path, mu_fn, args, device):
     return out, mu
 
 
-def run(args) -> int:
-    from ..io import describe_unmatched, is_image, match_pairs, write_image
+#: sub-folder of the output folder that holds the guidance maps of --save-mu
+MU_DIR = "mu"
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+def mu_path(fused_path: Path) -> Path:
+    """Where ``--save-mu`` writes the guidance map of ``fused_path``."""
+    return fused_path.parent / MU_DIR / fused_path.name
+
+
+def checkpoint_files(run) -> list[Path]:
+    """The files a checkpoint (a run folder or a weights file) is read from: outputs may not
+    replace them (writing beside them is fine)."""
+    p = Path(run)
+    return [*p.glob("*.json"), *p.glob("*.safetensors")] if p.is_dir() else [p]
+
+
+def plan(args) -> list[tuple[Path, Path, Path]]:
+    """``[(vis file, ir file, fused file)]`` for the arguments, after checking every output
+    against the inputs and the files already there (nothing is written before this passes)."""
+    from ..io import check_outputs, describe_unmatched, is_image, match_pairs
+
     vis, ir, out = Path(args.vis), Path(args.ir), Path(args.out)
     for name, p in (("--vis", vis), ("--ir", ir)):
         if not p.exists():
             raise CLIError(f"{name} {p} does not exist")
     if vis.is_dir() != ir.is_dir():
         raise CLIError("--vis and --ir must both be files or both be folders")
-    mu_fn = guidance_fn(args, device)
     if vis.is_file():
         if out.suffix == "" or out.is_dir():
             out = out / vis.with_suffix(".png").name
+        elif not is_image(out):
+            raise CLIError(f"--out {out}: not an image file name (use .png, or a folder)")
         jobs = [(vis, ir, out)]
     else:
         res = match_pairs(vis, ir, strict=False)
@@ -88,12 +114,30 @@ def run(args) -> int:
         if out.exists() and not out.is_dir():
             raise CLIError(f"--out {out} must be a folder when --vis and --ir are folders")
         jobs = [(a, b, out / a.with_suffix(".png").name) for a, b in res.pairs]
+    outputs = [("--out", dst) for _, _, dst in jobs]
+    if args.save_mu:
+        outputs += [("--save-mu", mu_path(dst)) for _, _, dst in jobs]
+    inputs = [vis, ir, *(p for a, b, _ in jobs for p in (a, b))]
+    if getattr(args, "checkpoint", None):
+        inputs += checkpoint_files(args.checkpoint)
+    check_outputs(outputs, inputs, overwrite=args.overwrite)
+    return jobs
+
+
+def run(args) -> int:
+    from ..io import write_image
+
+    device = parse_device(args.device)
+    jobs = plan(args)
+    mu_fn = guidance_fn(args, device)
     from tqdm import tqdm
 
     for a, b, dst in tqdm(jobs, desc="fuse", unit="pair", disable=len(jobs) < 2):
         fused, mu = fuse_pair(a, b, mu_fn, args, device)
         write_image(dst, fused)
         if args.save_mu:
-            write_image(dst.with_name("MU_" + dst.name), mu)
-    print(f"wrote {len(jobs)} fused image(s) to {out if len(jobs) > 1 else jobs[0][2]}")
+            write_image(mu_path(dst), mu)
+    where = jobs[0][2].parent if len(jobs) > 1 else jobs[0][2]
+    print(f"wrote {len(jobs)} fused image(s) to {where}"
+          + (f" and their guidance maps to {mu_path(jobs[0][2]).parent}" if args.save_mu else ""))
     return 0
