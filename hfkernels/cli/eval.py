@@ -6,6 +6,7 @@ Examples::
     hfkernels eval --data ../shared/data/TNO --method laplacian --metrics EN,MI,VIF,Qabf,SSIM,SD
     hfkernels eval --data ../shared/data/TNO --checkpoint runs/msrs
     hfkernels eval --data ../shared/data/TNO --baselines      # the paper's baseline rows, as a table
+    hfkernels eval --data DATA/MSRS --checkpoint runs/msrs --baselines --report out/msrs   # + a results page
 
 Images: the visible image is decoded as RGB (a gray file becomes 3 equal channels), the infrared
 image as 8-bit gray, and a fused file as it is stored (1 or 3 channels); all in [0, 1]. That is the
@@ -23,6 +24,10 @@ Fusions computed on the fly (``--method`` / ``--checkpoint``; in float, not roun
 
 ``--baselines`` evaluates vis, ir, laplacian, blend and the Laplacian fusion with mu = 0.5 (on
 RGB channels) and prints the mean of each metric as a table — the rows the paper's tables list.
+
+``--json`` is strict JSON: a value that does not exist (NaN) or is infinite is written as
+``null``. ``--csv`` writes Python's ``repr`` of each float (``nan``, ``inf`` included). Output
+files are never inputs, and replace existing files only with ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from . import CLIError
+from . import CLIError, parse_device
 
 METHODS = ("vis", "ir", "laplacian", "blend", "heuristic")
 #: (row label, fusion spec) of the baseline table
@@ -56,22 +61,30 @@ def register(sub):
     p.add_argument("--data", metavar="DIR", help="dataset folder holding vi/ and ir/ (instead of --vis/--ir)")
     p.add_argument("--vis", metavar="DIR", help="visible images (first source): folder or one file")
     p.add_argument("--ir", metavar="DIR", help="infrared images (second source): folder or one file")
-    g = p.add_mutually_exclusive_group(required=True)
+    # fusion sources: at least one; several at once print a table of means per fusion
+    g = p.add_argument_group("fusions (one or more)")
     g.add_argument("--fused", metavar="DIR", help="fused images to score: folder (matched by name) or one file")
     g.add_argument("--method", metavar="M",
-                   help="fuse on the fly: vis | ir | laplacian | blend | heuristic | a constant mu in [0,1]")
+                   help="fuse on the fly: vis | ir | laplacian | blend | heuristic | a constant mu in [0,1] "
+                        "(several: comma-separated)")
     g.add_argument("--checkpoint", metavar="RUN", help="fuse on the fly with a trained run's guidance")
-    g.add_argument("--baselines", action="store_true", help="print the paper's baseline rows as a table")
+    g.add_argument("--baselines", action="store_true", help="the paper's baseline rows (as a table)")
     p.add_argument("--metrics", default=None,
                    help="comma-separated subset (default: all; with --baselines: EN,MI,VIF,Qabf,SSIM,SD)")
     p.add_argument("--protocol", choices=("paper", "standard"), default="paper",
                    help="paper: the published protocol, quirks included (default); standard: textbook")
     p.add_argument("--json", metavar="FILE", help="write per-image values and means as JSON")
     p.add_argument("--csv", metavar="FILE", help="write per-image values and the mean as CSV")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --json/--csv files (and a --report page) that already exist")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--backend", default=None, help="fusion backend for on-the-fly fusions")
     p.add_argument("--levels", type=int, default=4, help="pyramid levels of on-the-fly fusions")
     p.add_argument("--quiet", action="store_true", help="no per-image rows on the terminal")
+    p.add_argument("--report", metavar="DIR",
+                   help="also write a results page, DIR/index.html (tables, pictures, plots; opens from disk)")
+    p.add_argument("--report-limit", type=int, metavar="N",
+                   help="pictures for at most N pairs on the page, spread over the set (metrics cover all)")
     p.set_defaults(func=run)
 
 
@@ -119,6 +132,9 @@ def collect_jobs(vis: Path, ir: Path, fused: Path | None):
         fused_of = dict(rf.pairs)
         if rf.only_a or rf.only_b:
             problems.append(describe_unmatched(vis, fused, rf))
+            if any(p.name.startswith("MU_") for p in rf.only_b):
+                problems.append(f"  (MU_*.png are guidance maps of an older `hfkernels fuse --save-mu`, which now "
+                                f"writes them to {fused / 'mu'}; move them out of {fused})")
     if problems:
         raise CLIError("\n".join(problems))
     return [(a.name, a, b, fused_of.get(a)) for a, b in res.pairs]
@@ -130,7 +146,7 @@ def collect_jobs(vis: Path, ir: Path, fused: Path | None):
 
 def make_fusion(spec: str, args, device):
     """``f(vis (1,3,H,W), ir (1,1,H,W)) -> fused`` for a method name, a constant, 'laplacian:c',
-    or the checkpoint in ``args``."""
+    or 'checkpoint' (the run in ``args.checkpoint``)."""
     import hfkernels
 
     levels, backend = args.levels, args.backend
@@ -138,23 +154,32 @@ def make_fusion(spec: str, args, device):
         return lambda vis, ir: vis
     if spec == "ir":
         return lambda vis, ir: ir
+
+    def guided(mu_fn, blend):
+        # `.guidance` and `.blend` let `--report` show the map without computing it twice
+        fn = lambda vis, ir: blend(vis, ir, mu_fn(vis, ir))  # noqa: E731
+        fn.guidance, fn.blend = mu_fn, blend
+        return fn
+
+    def lap(vis, ir, mu):
+        return hfkernels.fuse(vis, ir, mu, levels, backend=backend).clamp(0, 1)
+
     if spec == "laplacian":
-        return lambda vis, ir: hfkernels.fuse(
-            vis, ir, hfkernels.heuristic_guidance(vis, ir), levels, backend=backend).clamp(0, 1)
+        return guided(hfkernels.heuristic_guidance, lap)
     if spec.startswith("laplacian:"):
         c = float(spec.split(":", 1)[1])
-        return lambda vis, ir: hfkernels.fuse(vis, ir, torch.full_like(ir, c), levels, backend=backend).clamp(0, 1)
+        return guided(lambda vis, ir: torch.full_like(ir[:, :1], c), lap)
     if spec == "blend":
-        return lambda vis, ir: hfkernels.heuristic_blend(vis, ir).clamp(0, 1)
-    # heuristic, a constant, or a checkpoint: the colour path of `hfkernels fuse`
+        fn = lambda vis, ir: hfkernels.heuristic_blend(vis, ir).clamp(0, 1)  # noqa: E731
+        fn.guidance = hfkernels.heuristic_guidance
+        return fn
+    # heuristic, a constant, or "checkpoint" (args.checkpoint): the colour path of `hfkernels fuse`
     from .fuse import guidance_fn
 
-    mu_fn = guidance_fn(argparse.Namespace(checkpoint=args.checkpoint, mu=spec), device)
-
-    def colour(vis, ir):
-        return hfkernels.fuse_color(vis, ir, mu_fn(vis, ir).clamp(0, 1), levels, backend=backend)
-
-    return colour
+    ck = args.checkpoint if spec == "checkpoint" else None
+    mu_fn = guidance_fn(argparse.Namespace(checkpoint=ck, mu="heuristic" if ck else spec), device)
+    return guided(lambda vis, ir: mu_fn(vis, ir).clamp(0, 1),
+                  lambda vis, ir, mu: hfkernels.fuse_color(vis, ir, mu, levels, backend=backend))
 
 
 def _check_method(spec: str) -> str:
@@ -167,6 +192,40 @@ def _check_method(spec: str) -> str:
     if not 0.0 <= c <= 1.0:
         raise CLIError(f"--method constant must lie in [0, 1], got {c}")
     return spec
+
+
+#: row label of each --method fusion (the baselines' labels where they are the same fusion)
+METHOD_LABELS = {"vis": "visible as fused", "ir": "infrared as fused", "laplacian": "Laplacian, heuristic guidance",
+                 "blend": "heuristic per-pixel blend", "heuristic": "fuse_color, heuristic guidance"}
+
+
+def fusions_of(args, device) -> tuple[dict, dict]:
+    """Every fusion the arguments ask for: ``({label: fusion or None (the --fused files)},
+    {label: source description})``, in the order --fused, --checkpoint, --method, --baselines
+    (a baseline already asked for by --method is not repeated)."""
+    fusions, sources = {}, {}
+    if args.fused:
+        label = f"fused files {Path(args.fused).name}"
+        fusions[label], sources[label] = None, str(args.fused)
+    if args.checkpoint:
+        label = f"checkpoint {Path(args.checkpoint).name}"
+        fusions[label], sources[label] = make_fusion("checkpoint", args, device), f"checkpoint {args.checkpoint}"
+    for spec in (args.method.split(",") if args.method else []):
+        spec = _check_method(spec.strip())
+        label = METHOD_LABELS.get(spec, f"fuse_color, mu = {spec}")
+        fusions[label], sources[label] = make_fusion(spec, args, device), f"method {spec}"
+    if args.baselines:
+        for label, spec in BASELINES:
+            if label not in fusions:
+                fusions[label], sources[label] = make_fusion(spec, args, device), f"method {spec}"
+    if not fusions:
+        # a usage error, as argparse reports its own (status 2, before any work)
+        import sys
+
+        print("hfkernels eval: error: give at least one of --fused, --method, --checkpoint, --baselines "
+              "(several may be combined)", file=sys.stderr)
+        raise SystemExit(2)
+    return fusions, sources
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,7 +274,8 @@ def evaluate_jobs(jobs, fusions: dict, names, protocol: str, device, desc: str =
                 except ValueError as e:
                     problems.append(f"{name}: {e}")
                     break
-            out[label][name] = {k: float(v[0]) for k, v in vals.items()}
+            # exactly the metrics asked for, in their order: the JSON/CSV header lists these
+            out[label][name] = {m: float(vals[m][0]) for m in names}
     if problems:
         raise CLIError(
             f"{len(problems)} of {len(jobs)} pair(s) could not be evaluated (no results written):\n  "
@@ -240,21 +300,46 @@ def format_table(rows: dict, names, first: str = "image") -> str:
     return "\n".join(lines)
 
 
+def json_safe(obj):
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by None, so that it serialises
+    as strict JSON (``null``); dicts, lists and tuples are copied, other values kept."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dump_json(path, obj) -> None:
+    """Write ``obj`` as strict JSON (non-finite floats as null), atomically."""
+    from ..io import write_output
+
+    text = json.dumps(json_safe(obj), indent=1, allow_nan=False)
+    write_output(path, (text + "\n").encode())
+
+
+def _dump_csv(path, header, lines) -> None:
+    import io
+
+    from ..io import write_output
+
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(lines)
+    write_output(path, buf.getvalue().encode())
+
+
 def write_json(path, rows, mean, names, protocol, source):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump({"protocol": protocol, "source": source, "metrics": list(names),
-                   "per_image": rows, "mean": mean}, fh, indent=1)
+    dump_json(path, {"protocol": protocol, "source": source, "metrics": list(names),
+                     "per_image": rows, "mean": mean})
 
 
 def write_csv(path, rows, mean, names):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", *names])
-        for name, r in rows.items():
-            w.writerow([name, *(repr(r[m]) for m in names)])
-        w.writerow(["mean", *(repr(mean[m]) for m in names)])
+    lines = [[name, *(repr(r[m]) for m in names)] for name, r in rows.items()]
+    _dump_csv(path, ["image", *names], lines + [["mean", *(repr(mean[m]) for m in names)]])
 
 
 def run(args) -> int:
@@ -264,37 +349,35 @@ def run(args) -> int:
         names = check_names(args.metrics if args.metrics else (PAPER_METRICS if args.baselines else None))
     except ValueError as e:
         raise CLIError(f"--metrics: {e}") from None
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = parse_device(args.device)
     vis, ir = _sources(args)
     fused = Path(args.fused) if args.fused else None
     if fused is not None and not fused.exists():
         raise CLIError(f"--fused {fused} does not exist")
+    if args.report_limit is not None and (not args.report or args.report_limit < 0):
+        raise CLIError("--report-limit needs --report DIR" if not args.report
+                       else f"--report-limit must be >= 0, got {args.report_limit}")
     jobs = collect_jobs(vis, ir, fused)
+    check_eval_outputs(args, jobs, vis, ir, fused)
+    fusions, sources = fusions_of(args, device)
 
-    if args.baselines:
-        fusions = {label: make_fusion(spec, args, device) for label, spec in BASELINES}
-        res = evaluate_jobs(jobs, fusions, names, args.protocol, device, desc="baselines")
+    if args.baselines or len(fusions) > 1:
+        res = evaluate_jobs(jobs, fusions, names, args.protocol, device,
+                            desc="baselines" if args.baselines and len(fusions) == len(BASELINES) else "eval")
         table = {label: means(rows) for label, rows in res.items()}
         print(f"{vis.parent if vis.is_dir() else vis}: {len(jobs)} pair(s), protocol {args.protocol!r}, mean per fusion")
         print(format_table(table, names, first="fusion"))
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            with open(args.json, "w") as fh:
-                json.dump({"protocol": args.protocol, "metrics": list(names), "pairs": len(jobs),
-                           "mean": table, "per_image": res}, fh, indent=1)
+            dump_json(args.json, {"protocol": args.protocol, "metrics": list(names), "pairs": len(jobs),
+                                  "mean": table, "per_image": res})
         if args.csv:
             _baseline_csv(args.csv, table, names)
+        _report(args, vis, ir, jobs, fusions, res, names, device)
         return 0
 
-    if fused is not None:
-        source, fusions = str(fused), {"fused": None}
-    elif args.checkpoint:
-        source = f"checkpoint {args.checkpoint}"
-        fusions = {"fused": make_fusion("heuristic", args, device)}
-    else:
-        spec = _check_method(args.method)
-        source, fusions = f"method {spec}", {"fused": make_fusion(spec, args, device)}
-    rows = evaluate_jobs(jobs, fusions, names, args.protocol, device)["fused"]
+    (label, fn), = fusions.items()
+    source = sources[label]
+    rows = evaluate_jobs(jobs, {"fused": fn}, names, args.protocol, device)["fused"]
     mean = means(rows)
     if not args.quiet:
         print(format_table({**rows, "mean": mean}, names))
@@ -304,13 +387,54 @@ def run(args) -> int:
         write_json(args.json, rows, mean, names, args.protocol, source)
     if args.csv:
         write_csv(args.csv, rows, mean, names)
+    _report(args, vis, ir, jobs, fusions, {label: rows}, names, device)
     return 0
 
 
+def _report(args, vis: Path, ir: Path, jobs, fusions, scores, names, device) -> None:
+    """``--report DIR``: the results page of this evaluation (see :mod:`hfkernels.report`)."""
+    if not args.report:
+        return
+    from ..report import ReportSet, history_of, paper_dataset, pairs_from_jobs, write_report
+
+    folder = vis.parent if vis.is_dir() else vis.parent.parent
+    # MSRS keeps its split one level down (MSRS/test/vi): name the set "MSRS-test"
+    name = f"{folder.parent.name}-{folder.name}" if folder.name in ("test", "train") else folder.name
+    history, baseline = history_of(args.checkpoint) if args.checkpoint else (None, None)
+    page = write_report(
+        args.report, [ReportSet(name or str(vis), pairs_from_jobs(jobs), fusions, scores, list(names),
+                                paper_key=paper_dataset(vis, ir))],
+        title=f"hfkernels eval: {name}", protocol=args.protocol, history=history, baseline=baseline,
+        limit=args.report_limit, overwrite=args.overwrite, device=device,
+        meta=[f"{len(jobs)} pair(s): {vis} + {ir}"], progress=not args.quiet)
+    print(f"report: {page}")
+
+
 def _baseline_csv(path, table, names):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["fusion", *names])
-        for label, r in table.items():
-            w.writerow([label, *(repr(r[m]) for m in names)])
+    _dump_csv(path, ["fusion", *names], [[label, *(repr(r[m]) for m in names)] for label, r in table.items()])
+
+
+#: options of ``eval`` that name a file it writes (another module may add to it)
+OUTPUT_OPTIONS = ["json", "csv"]
+
+
+def check_eval_outputs(args, jobs, vis, ir, fused) -> None:
+    """Refuse, before any evaluation, outputs that are inputs or exist (without --overwrite)."""
+    from ..io import check_outputs
+    from .fuse import checkpoint_files
+
+    outputs = [(f"--{o}", getattr(args, o)) for o in OUTPUT_OPTIONS if getattr(args, o, None)]
+    inputs = [vis, ir, fused, *(p for job in jobs for p in job[1:])]
+    if args.checkpoint:
+        inputs += checkpoint_files(args.checkpoint)
+    if getattr(args, "report", None):
+        from ..report import ASSETS
+
+        outputs += [("--report", Path(args.report) / "index.html")]
+        # the page's picture folder is replaced as a whole: it must not hold an input either
+        assets = (Path(args.report) / ASSETS).resolve()
+        inside = [p for p in inputs if p is not None and assets in (Path(p).resolve(), *Path(p).resolve().parents)]
+        if inside:
+            raise CLIError(f"--report {args.report}: its folder {ASSETS}/ holds the input {inside[0]}; "
+                           "choose another report folder")
+    check_outputs(outputs, inputs, overwrite=args.overwrite)

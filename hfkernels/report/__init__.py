@@ -1,0 +1,345 @@
+"""A results page: one static HTML file with tables, pictures and plots, opened from disk.
+
+``hfkernels eval ... --report DIR`` and the end of ``hfkernels train`` (``RUN/report/``) call
+:func:`write_report`, which writes ``DIR/index.html`` and its pictures under ``DIR/index_files/``.
+The page needs no server, network or script library: thumbnails are small files written once,
+full-size images and zoomed crops are files beside them, plots are inline SVG, and a few lines of
+plain JavaScript sort the per-image table (also from the URL: ``index.html?sort=VIF&fusion=NAME``,
+``&dir=asc|desc``).
+
+Building blocks:
+
+- :class:`ReportPair`: a named pair with a ``load()`` giving its tensors;
+  :func:`pairs_from_jobs` / :func:`pairs_from_dataset` make them from files or a dataset;
+- a *fusion* is ``f(vis, ir) -> fused``, or None for a pair's own fused file. It may carry
+  ``guidance(vis, ir) -> mu`` (shown as the ``mu`` picture) and ``blend(vis, ir, mu) -> fused``
+  (then the pictures use ``blend`` with that ``mu`` rather than computing the guidance twice);
+- :func:`score_pairs` computes the per-image metrics that :func:`write_report` tabulates.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .images import crop_geometry, differ_most, save_crop, save_full_and_thumb
+from .page import Picture, SectionView, ShownPair, render
+from .paper import PAPER_ROWS, paper_dataset
+
+#: the folder beside index.html that holds every picture (replaced as a whole on overwrite)
+ASSETS = "index_files"
+
+
+@dataclass
+class ReportPair:
+    """A named pair. ``load() -> (vis (1,3,H,W), ir (1,1,H,W), fused (1,C,H,W) or None)``, float
+    in [0, 1], on the CPU; the third item is the pair's own fused file, if it has one."""
+
+    name: str
+    load: Callable
+
+
+@dataclass
+class ReportSet:
+    """One pair set of the page: its pairs, fusions and per-image scores.
+
+    Attributes:
+        name: shown as the section title.
+        pairs: every pair (scores must cover each of them).
+        fusions: ``{label: f(vis, ir) -> fused, or None}`` in the order of the page's rows.
+        scores: ``{label: {pair name: {metric: value}}}``.
+        metrics: metric names, in column order.
+        paper_key: a :data:`PAPER_ROWS` key whose published rows go beside ours (None: none).
+        note: one more sentence under the means table.
+    """
+
+    name: str
+    pairs: list
+    fusions: dict
+    scores: dict
+    metrics: list
+    paper_key: str | None = None
+    note: str = ""
+
+
+def pairs_from_jobs(jobs) -> list[ReportPair]:
+    """Pairs from ``(name, vis_path, ir_path, fused_path or None)`` tuples: the visible file is
+    decoded as RGB, the infrared file as gray, a fused file as stored."""
+    from ..io import read_image
+
+    def loader(vp, ip, fp):
+        def load():
+            fused = read_image(fp, "keep")[None] if fp is not None else None
+            return read_image(vp, "rgb")[None], read_image(ip, "gray")[None], fused
+        return load
+
+    return [ReportPair(str(name), loader(vp, ip, fp)) for name, vp, ip, fp in jobs]
+
+
+def pairs_from_dataset(ds, limit: int | None = None) -> list[ReportPair]:
+    """Pairs from a dataset whose items are ``(vis uint8 (3,H,W), ir uint8 (1,H,W))`` and which has
+    ``names`` (:class:`hfkernels.data.PairDataset`, :class:`hfkernels.synthetic.SyntheticPairs`)."""
+    n = len(ds) if limit is None else min(len(ds), int(limit))
+
+    def loader(i):
+        def load():
+            vis, ir = ds[i]
+            return vis[None].float() / 255, ir[None].float() / 255, None
+        return load
+
+    return [ReportPair(str(ds.names[i]), loader(i)) for i in range(n)]
+
+
+def _fused_and_mu(fn, vis, ir, own):
+    if fn is None:
+        if own is None:
+            raise ValueError("a fusion given as None needs pairs with their own fused file")
+        return own, None
+    g, blend = getattr(fn, "guidance", None), getattr(fn, "blend", None)
+    mu = g(vis, ir).clamp(0, 1) if g is not None else None
+    return (blend(vis, ir, mu) if blend is not None and mu is not None else fn(vis, ir)), mu
+
+
+@torch.no_grad()
+def score_pairs(pairs, fusions: dict, metrics=None, protocol: str = "paper", device="cpu",
+                progress: bool = False) -> dict:
+    """``{label: {pair name: {metric: value}}}`` for every pair under every fusion."""
+    from tqdm import tqdm
+
+    from ..metrics import evaluate
+
+    device = torch.device(device)
+    out = {label: {} for label in fusions}
+    for p in tqdm(pairs, desc="report metrics", unit="pair", disable=not progress or len(pairs) < 2):
+        vis, ir, own = p.load()
+        vis, ir = vis.to(device), ir.to(device)
+        for label, fn in fusions.items():
+            fused = own.to(device) if fn is None else fn(vis, ir)
+            vals = evaluate(vis, ir, fused, metrics, protocol)
+            out[label][p.name] = {k: float(v[0]) for k, v in vals.items()}
+    return out
+
+
+def shown_indices(n: int, limit: int | None) -> list[int]:
+    """The pairs that get pictures: all, or ``limit`` of them spread evenly over the set (first
+    and every ``n/limit``-th), so a bounded page still samples the whole set."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    if isinstance(limit, bool) or int(limit) < 0:
+        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+    return sorted({i * n // int(limit) for i in range(int(limit))})
+
+
+def _check_out(out_dir: Path, overwrite: bool) -> None:
+    index = out_dir / "index.html"
+    if index.exists() and not overwrite:
+        raise ValueError(f"report folder {out_dir} already holds an index.html; pass --overwrite "
+                         f"(overwrite=True) to replace it, or choose another folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"report folder {out_dir} exists and is not a folder")
+
+
+def _slug(text: str, taken: set) -> str:
+    s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "set"
+    base, k = s, 2
+    while s in taken:
+        s, k = f"{base}-{k}", k + 1
+    taken.add(s)
+    return s
+
+
+@torch.no_grad()
+def _pictures(sec: ReportSet, pair: ReportPair, folder: Path, rel: str, device) -> ShownPair:
+    """Write the pictures of one pair (full size, thumbnails, crops) and describe them."""
+    vis, ir, own = pair.load()
+    d = torch.device(device)
+    vis_d, ir_d = vis.to(d), ir.to(d)
+    made = {}
+    for label, fn in sec.fusions.items():
+        fused, mu = _fused_and_mu(fn, vis_d, ir_d, own.to(d) if own is not None else None)
+        made[label] = (fused.float().cpu(), mu.float().cpu() if mu is not None else None)
+    h, w = vis.shape[-2:]
+    side, zoom = crop_geometry(h, w)
+    # compare the real fusions; one that merely returns a source would make the sources'
+    # difference, not the fusions', pick the crop
+    fused_list = [f for f, _ in made.values()]
+    real = [f for f in fused_list if not (_same(f, vis) or _same(f, ir))]
+    group = real if len(real) >= 2 else fused_list if len(fused_list) >= 2 else [vis, ir] + fused_list
+    y, x = differ_most(group, side)
+    side = min(side, h, w)
+
+    def pic(t, stem):
+        tw, th = save_full_and_thumb(t, folder / f"{stem}.jpg", folder / f"{stem}.t.jpg")
+        return Picture(f"{rel}/{stem}.jpg", f"{rel}/{stem}.t.jpg", tw, th)
+
+    def crop(t, stem):
+        save_crop(t, y, x, side, zoom, folder / f"{stem}.png")
+        return f"{rel}/{stem}.png"
+
+    sp = ShownPair(size=(h, w), vis=pic(vis, "vis"), ir=pic(ir, "ir"), box=(y, x, side), zoom=zoom,
+                   crop_vis=crop(vis, "vis.zoom"), crop_ir=crop(ir, "ir.zoom"))
+    mus: list = []  # (mu, Picture) already written: fusions sharing a guidance share its files
+    for j, (label, (fused, mu)) in enumerate(made.items()):
+        if mu is not None:
+            same = next((p for m, p in mus if _same(m, mu)), None)
+            sp.mu[label] = same or pic(mu, f"f{j}.mu")
+            mus.append((mu, sp.mu[label]))
+        # a source used as the fused image (a baseline row) links to the source's files
+        if _same(fused, vis):
+            sp.fused[label], sp.crop[label] = sp.vis, sp.crop_vis
+        elif _same(fused, ir):
+            sp.fused[label], sp.crop[label] = sp.ir, sp.crop_ir
+        else:
+            sp.fused[label], sp.crop[label] = pic(fused, f"f{j}"), crop(fused, f"f{j}.zoom")
+    return sp
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def write_report(out_dir, sets: list[ReportSet], *, title: str = "hfkernels results", protocol: str = "paper",
+                 history: list | None = None, baseline: dict | None = None, limit: int | None = None,
+                 overwrite: bool = False, device="cpu", meta: list[str] | None = None,
+                 progress: bool = False) -> Path:
+    """Write ``out_dir/index.html`` and its pictures; returns the page's path.
+
+    Args:
+        sets: the pair sets, one section each (see :class:`ReportSet`).
+        protocol: the metric protocol of the scores; the paper's rows are shown only for "paper".
+        history: a training run's per-epoch records (``history.json``), for the training curves.
+        baseline: the run's ``baseline.json`` (``{"heuristic": {set: {metric: value}}}``).
+        limit: at most this many pairs per set get pictures (None: all); tables and plots still
+            cover every pair.
+        overwrite: replace an existing page (and its pictures) instead of raising ValueError.
+    """
+    from tqdm import tqdm
+
+    from ..metrics import HIGHER_IS_BETTER
+
+    out_dir = Path(out_dir)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+    if not sets:
+        raise ValueError("sets must hold at least one ReportSet")
+    for s in sets:
+        missing = [(f, p.name) for f in s.fusions for p in s.pairs if p.name not in s.scores.get(f, {})]
+        if missing:
+            raise ValueError(f"scores of set {s.name!r} miss {len(missing)} (fusion, pair) entries, "
+                             f"e.g. {missing[0]}")
+    _check_out(out_dir, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    assets = out_dir / ASSETS
+    if assets.exists():
+        shutil.rmtree(assets)
+    t0 = time.perf_counter()
+    taken: set = set()
+    views = []
+    for s in sets:
+        anchor = _slug(s.name, taken)
+        shown = {}
+        idx = shown_indices(len(s.pairs), limit)
+        for i in tqdm(idx, desc=f"report pictures {s.name}", unit="pair", disable=not progress or len(idx) < 2):
+            p = s.pairs[i]
+            rel = f"{ASSETS}/{anchor}/{i:05d}"
+            shown[p.name] = _pictures(s, p, out_dir / rel, rel, device)
+        key = s.paper_key if protocol == "paper" else None
+        views.append(SectionView(
+            name=s.name, anchor=anchor, fusions=list(s.fusions), metrics=list(s.metrics),
+            images=[p.name for p in s.pairs], scores=s.scores, shown=shown,
+            higher_is_better={m: HIGHER_IS_BETTER.get(m, True) for m in s.metrics},
+            paper=PAPER_ROWS.get(key, []) if key else [], paper_key=key, note=s.note))
+    from .. import __version__
+
+    lines = list(meta or [])
+    lines.append(f"protocol {protocol!r}; written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
+                 f"hfkernels {__version__} in {time.perf_counter() - t0:.1f} s (pictures and page)")
+    html = render(title, lines, views, history, baseline)
+    index = out_dir / "index.html"
+    tmp = out_dir / f".index.html.{os.getpid()}.tmp"
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, index)
+    return index
+
+
+def training_report(trainer, limit: int | None = None, progress: bool = False) -> Path | None:
+    """The page of a finished training run, in ``RUN/report/``: its trained guidance and the
+    heuristic guidance (both through ``fuse_color``) on each test set, scored at the files'
+    native resolution with the published protocol, plus the run's per-epoch curves.
+
+    ``trainer``: a :class:`hfkernels.train.Trainer` after :meth:`~hfkernels.train.Trainer.fit`.
+    At most ``trainer.cfg.eval_limit`` pairs per set are scored. Returns None without test sets.
+    """
+    from .. import checkpoint as ckpt
+    from ..data import PairDataset
+    from ..fusion import fuse_color, heuristic_guidance
+
+    cfg = trainer.cfg
+    if not trainer.test_sets:
+        return None
+    levels, backend = cfg.levels, cfg.backend
+    model_mu = trainer.guidance_fn()
+
+    def blend(vis, ir, mu):
+        return fuse_color(vis, ir, mu, levels, backend=backend)
+
+    def guided(mu_fn):
+        def f(vis, ir):
+            return blend(vis, ir, f.guidance(vis, ir))
+        f.guidance = lambda vis, ir: mu_fn(vis, ir).float().clamp(0, 1)
+        f.blend = blend
+        return f
+
+    epoch = trainer.history[-1]["epoch"] if trainer.history else 0
+    fusions = {f"trained guidance (epoch {epoch})": guided(model_mu), "heuristic guidance": guided(heuristic_guidance)}
+    sets = []
+    for name, ds in trainer.test_sets:
+        # score the files at their own resolution (the published protocol), one section per set
+        parts = [(s.name, PairDataset(s, split="test")) for s in ds.sets] if hasattr(ds, "sets") else [(name, ds)]
+        for set_name, part in parts:
+            pairs = pairs_from_dataset(part, cfg.eval_limit)
+            if not pairs:
+                continue
+            scores = score_pairs(pairs, fusions, cfg.metrics, "paper", trainer.device, progress)
+            src = [set_name] + ([str(s.vis_dir) for s in part.sets] if hasattr(part, "sets") else [])
+            sets.append(ReportSet(set_name, pairs, fusions, scores, list(next(iter(scores.values()))[pairs[0].name]),
+                                  paper_key=paper_dataset(*src)))
+    if not sets:
+        return None
+    hist = trainer.run_dir / "history.json"
+    base = trainer.run_dir / "baseline.json"
+    return write_report(
+        trainer.run_dir / "report", sets, title=f"hfkernels training run {trainer.run_dir}",
+        history=ckpt.read_json(hist) if hist.is_file() else trainer.history,
+        baseline=ckpt.read_json(base) if base.is_file() else None, limit=limit, overwrite=True,
+        device=trainer.device,
+        meta=[f"{cfg.preset} U-Net, {epoch} epoch(s); test pairs scored at native resolution"],
+        progress=progress)
+
+
+def history_of(run) -> tuple[list | None, dict | None]:
+    """``(history, baseline)`` read from a training run folder (None for what it lacks)."""
+    import json
+
+    run = Path(run)
+    if not run.is_dir():
+        return None, None
+    out = []
+    for name in ("history.json", "baseline.json"):
+        p = run / name
+        try:
+            out.append(json.loads(p.read_text()) if p.is_file() else None)
+        except (OSError, ValueError):
+            out.append(None)
+    return out[0], out[1]
+
+
+__all__ = ["ReportPair", "ReportSet", "pairs_from_jobs", "pairs_from_dataset", "score_pairs", "shown_indices",
+           "write_report", "training_report", "history_of", "paper_dataset", "PAPER_ROWS", "ASSETS"]

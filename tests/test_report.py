@@ -1,0 +1,284 @@
+"""The results page (``hfkernels eval --report``, ``RUN/report/`` of a training run): its tables,
+numbers, picture files and refusals, checked from the written HTML."""
+import json
+import math
+import os
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+
+from hfkernels.cli import main
+from hfkernels.metrics import HIGHER_IS_BETTER
+from hfkernels.report import paper_dataset, shown_indices
+from hfkernels.report.images import crop_geometry, differ_most
+from hfkernels.report.plots import nice_ticks, quantile
+
+METRICS = ["EN", "Qabf", "SD", "MSE"]  # fast ones, and one where lower is better
+
+
+class Page(HTMLParser):
+    """The parts of the page the tests look at: tables (header and body rows, cells with their
+    attributes and text, rows grouped by tbody), every src/href, and the number of SVG plots."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tables, self.links, self.svgs = [], [], 0
+        self._table = self._cell = None
+        self._in_body = False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.links += [a[k] for k in ("src", "href") if k in a]
+        t = self._table
+        if tag == "svg":
+            self.svgs += 1
+        elif tag == "table":
+            self._table = {"attrs": a, "rows": [], "bodies": []}
+            self.tables.append(self._table)
+        elif tag == "tbody" and t is not None:
+            t["bodies"].append({"attrs": a, "rows": [], "text": ""})
+            self._in_body = True
+        elif tag == "tr" and t is not None:
+            row = {"attrs": a, "cells": []}
+            t["rows"].append(row)
+            if self._in_body:
+                t["bodies"][-1]["rows"].append(row)
+        elif tag in ("td", "th") and t is not None:
+            self._cell = {"attrs": a, "text": ""}
+            t["rows"][-1]["cells"].append(self._cell)
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._table = None
+        elif tag == "tbody":
+            self._in_body = False
+        elif tag in ("td", "th"):
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell["text"] += data
+        if self._in_body and self._table is not None:
+            self._table["bodies"][-1]["text"] += data
+
+
+def table(page: Page, cls: str):
+    found = [t for t in page.tables if cls in t["attrs"].get("class", "").split()]
+    assert found, f"no table.{cls} on the page"
+    return found
+
+
+def make_set(root: Path, n: int, size=(48, 64), seed=0) -> Path:
+    from hfkernels.synthetic import write_pairs
+
+    return write_pairs(root, n=n, size=size, seed=seed)
+
+
+@pytest.fixture
+def ckpt_run(tmp_path):
+    from hfkernels.checkpoint import save_checkpoint
+    from hfkernels.models import GuidanceUNet
+
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    save_checkpoint(run, GuidanceUNet(preset="tiny"), None, epoch=1)
+    (run / "history.json").write_text(json.dumps([
+        {"epoch": 1, "train_loss": 1.5, "eval": {"MSRS-test": {"EN": 6.0, "Qabf": 0.4}}},
+        {"epoch": 2, "train_loss": 1.2, "eval": {"MSRS-test": {"EN": 6.3, "Qabf": 0.5}}}]))
+    (run / "baseline.json").write_text(json.dumps({"heuristic": {"MSRS-test": {"EN": 6.2, "Qabf": 0.6}}}))
+    return run
+
+
+def check_links(out: Path, page: Page) -> int:
+    """Every src/href is a relative path to a file in the report folder (or a #fragment)."""
+    files = 0
+    for link in page.links:
+        if link.startswith("#"):
+            continue
+        assert "://" not in link and not link.startswith("/"), f"not a local relative link: {link}"
+        p = (out / link).resolve()
+        assert p.is_file(), f"link to a missing file: {link}"
+        assert out.resolve() in p.parents
+        files += 1
+    return files
+
+
+def test_eval_report_synthetic(tmp_path, ckpt_run, capsys):
+    data = make_set(tmp_path / "MSRS" / "test", 5)
+    out, js = tmp_path / "rep", tmp_path / "m.json"
+    args = ["eval", "--vis", str(data / "vi"), "--ir", str(data / "ir"), "--checkpoint", str(ckpt_run),
+            "--method", "laplacian,vis", "--metrics", ",".join(METRICS), "--json", str(js), "--device", "cpu",
+            "--report", str(out), "--report-limit", "3", "--quiet"]
+    assert main(args) == 0
+    res = json.loads(js.read_text())
+    labels = list(res["mean"])
+    assert labels == ["checkpoint run", "Laplacian, heuristic guidance", "visible as fused"]
+    text = (out / "index.html").read_text()
+    page = Page(text)
+
+    # means table: one row per fusion with the JSON's means, the best per column marked, then
+    # the paper's MSRS rows (the folder is named MSRS, protocol paper)
+    (means,) = table(page, "means")
+    head = [c["text"].split()[0] for c in means["rows"][0]["cells"]]
+    assert head == ["fusion", *METRICS]
+    body = means["rows"][1:]
+    ours = [r for r in body if "paper" not in r["attrs"].get("class", "")]
+    paper = [r for r in body if "paper" in r["attrs"].get("class", "")]
+    assert [r["cells"][0]["text"] for r in ours] == labels
+    assert len(paper) == 3 and paper[0]["cells"][0]["text"].startswith("paper:")
+    for j, m in enumerate(METRICS, 1):
+        vals = {lab: res["mean"][lab][m] for lab in labels}
+        best = (max if HIGHER_IS_BETTER[m] else min)(vals.values())
+        for r in ours:
+            lab, cell = r["cells"][0]["text"], r["cells"][j]
+            assert float(cell["text"]) == pytest.approx(vals[lab], abs=1.5e-4 * max(1, abs(vals[lab])))
+            assert ("best" in cell["attrs"].get("class", "")) == (vals[lab] == best), (m, lab)
+
+    # per-image table: every pair, in dataset order, one row per fusion with the JSON's values;
+    # pictures for the 3 pairs the limit picks
+    (pairs,) = table(page, "pairs")
+    names = [b["attrs"]["data-name"] for b in pairs["bodies"]]
+    assert names == sorted(res["per_image"][labels[0]]) and len(names) == 5
+    for b in pairs["bodies"]:
+        assert len(b["rows"]) == len(labels)
+        for j, row in enumerate(b["rows"]):
+            lab = labels[int(row["attrs"]["data-f"])]
+            assert int(row["attrs"]["data-f"]) == j
+            cells = {c["attrs"]["data-m"]: float(c["attrs"]["data-v"]) for c in row["cells"] if "data-m" in c["attrs"]}
+            assert cells == pytest.approx(res["per_image"][lab][b["attrs"]["data-name"]], rel=1e-12)
+    pictured = [b["attrs"]["data-name"] for b in pairs["bodies"] if "pictures not shown" not in b["text"]]
+    assert pictured == [names[i] for i in shown_indices(5, 3)] == [names[0], names[1], names[3]]
+    assert "pictures not shown" in text
+
+    # distributions: one plot per metric, plus the run's curves (loss + 2 metrics)
+    assert page.svgs == len(METRICS) + 3
+    assert 'id="training"' in text and "heuristic" in text
+    # every picture link is a file in the folder; each picture is linked twice (thumbnail or
+    # crop as <img>, full size as <a>): per pictured pair vis, ir and their crops, then per
+    # fusion fused and its crop, and mu for the two guided fusions (not for "visible as fused")
+    per_pair = 2 * 4 + 2 * 2 * len(labels) + 2 * 2
+    assert check_links(out, page) == 3 * per_pair
+    # "visible as fused" shows the visible image's own files rather than a copy of them
+    first = out / "index_files" / "msrs-test" / "00000"
+    want = {f"{stem}{ext}" for stem in ("vis", "ir", "f0", "f0.mu", "f1", "f1.mu") for ext in (".jpg", ".t.jpg")}
+    want |= {"vis.zoom.png", "ir.zoom.png", "f0.zoom.png", "f1.zoom.png"}
+    assert {p.name for p in first.iterdir()} == want
+    assert "report:" in capsys.readouterr().out
+
+
+def test_report_refuses_to_overwrite(tmp_path, capsys):
+    data = make_set(tmp_path / "set", 2)
+    out = tmp_path / "rep"
+    args = ["eval", "--data", str(data), "--method", "laplacian", "--metrics", "EN", "--device", "cpu",
+            "--report", str(out), "--quiet"]
+    assert main(args) == 0
+    stale = out / "index_files" / "stale.txt"
+    stale.write_text("x")
+    before = (out / "index.html").read_text()
+    assert main(args) == 2
+    assert "index.html" in capsys.readouterr().err and (out / "index.html").read_text() == before
+    assert main(args + ["--overwrite"]) == 0
+    assert not stale.exists() and (out / "index.html").is_file()
+    # a report folder inside an input folder is refused before anything is computed
+    assert main(args[:-3] + ["--report", str(data / "vi" / "rep"), "--quiet"]) == 2
+    assert "input" in capsys.readouterr().err and not (data / "vi" / "rep").exists()
+    assert main(["eval", "--data", str(data), "--method", "vis", "--report-limit", "2"]) == 2
+    assert "--report" in capsys.readouterr().err
+
+
+def test_paper_rows_only_for_their_datasets_and_protocol(tmp_path):
+    assert paper_dataset("/d/MSRS/test/vi") == "MSRS"
+    assert paper_dataset("/d/MSRS/train/vi") is None
+    assert paper_dataset("/x/Harvard/CT-MRI/CT") == "CT-MRI"
+    assert paper_dataset("Harvard/SPECT-MRI") == "SPECT-MRI"
+    assert paper_dataset("/d/RoadScene/vi") == "RoadScene"
+    assert paper_dataset("/d/TNO/vi") is None
+    data = make_set(tmp_path / "RoadScene", 2)
+    for protocol, want in (("paper", True), ("standard", False)):
+        out = tmp_path / protocol
+        assert main(["eval", "--data", str(data), "--method", "blend", "--metrics", "EN", "--device", "cpu",
+                     "--protocol", protocol, "--report", str(out), "--quiet"]) == 0
+        assert ("paper: 2 epochs on MSRS, zero-shot" in (out / "index.html").read_text()) == want
+
+
+def test_crop_goes_where_fusions_differ():
+    a = torch.rand(1, 3, 80, 120)
+    b = a.clone()
+    b[..., 50:70, 10:30] = 1 - b[..., 50:70, 10:30]
+    side, zoom = crop_geometry(80, 120)
+    assert side == 16 and zoom == 6
+    y, x = differ_most([a, b], side)
+    # the chosen window lies inside the changed block
+    assert 50 <= y and y + side <= 70 and 10 <= x and x + side <= 30
+    with pytest.raises(ValueError, match="at least 2"):
+        differ_most([a], side)
+
+
+def test_helpers():
+    assert shown_indices(10, None) == list(range(10))
+    assert shown_indices(10, 4) == [0, 2, 5, 7]
+    assert shown_indices(3, 0) == []
+    assert quantile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert nice_ticks(0.13, 0.97) == [0.25, 0.5, 0.75]  # round steps (1, 2, 2.5, 5 x 10^k) inside the range
+    assert nice_ticks(3.0, 11.0) == [4, 6, 8, 10]
+    assert nice_ticks(2.0, 2.0) == [2.0] and nice_ticks(math.nan, 1.0) == []
+
+
+def test_eval_report_real_pairs(data_dir, tmp_path):
+    src = data_dir / "RoadScene"
+    if not src.is_dir():
+        pytest.skip(f"no RoadScene set in {data_dir}")
+    # three real pairs, linked (never copied) into a folder named like the set
+    names = sorted(p.name for p in (src / "vi").iterdir())[:3]
+    root = tmp_path / "RoadScene"
+    for sub in ("vi", "ir"):
+        (root / sub).mkdir(parents=True)
+        for n in names:
+            os.symlink(src / sub / n, root / sub / n)
+    out = tmp_path / "rep"
+    assert main(["eval", "--data", str(root), "--baselines", "--metrics", "EN,SD,Qabf", "--device", "cpu",
+                 "--report", str(out), "--quiet"]) == 0
+    page = Page((out / "index.html").read_text())
+    (means,) = table(page, "means")
+    rows = [r["cells"][0]["text"] for r in means["rows"][1:]]
+    assert rows[:5] == ["visible as fused", "infrared as fused", "Laplacian, heuristic guidance",
+                        "heuristic per-pixel blend", "Laplacian, mu = 0.5"]
+    assert any(r.startswith("paper:") for r in rows)
+    (pairs,) = table(page, "pairs")
+    assert [b["attrs"]["data-name"] for b in pairs["bodies"]] == names
+    assert check_links(out, page) > 0
+    # thumbnails are small files: downscaled to the page's height, not the full image
+    from PIL import Image
+
+    from hfkernels.report.images import THUMB_HEIGHT
+
+    thumbs = list(out.rglob("*.t.jpg"))
+    assert thumbs and all(Image.open(t).size[1] <= THUMB_HEIGHT for t in thumbs)
+
+
+def test_train_writes_report(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--batch-size", "4", "--synthetic-pairs", "4",
+                 "--synthetic-size", "32x48", "--epochs", "2", "--metrics", "EN,Qabf", "--sheet-pairs", "1",
+                 "--bn-batches", "1", "--no-progress", "--out", str(run), "--report-limit", "2"]) == 0
+    text = (run / "report" / "index.html").read_text()
+    page = Page(text)
+    (means,) = table(page, "means")
+    assert [r["cells"][0]["text"] for r in means["rows"][1:]] == ["trained guidance (epoch 2)", "heuristic guidance"]
+    (pairs,) = table(page, "pairs")
+    assert len(pairs["bodies"]) == 4  # the synthetic test set: every pair scored, 2 pictured
+    assert text.count("pictures not shown") == 2
+    # curves: loss + EN + Qabf of the test set; distributions: EN + Qabf
+    assert page.svgs == 3 + 2
+    check_links(run / "report", page)
+    # --no-report: no page; the run folder with its report counts as the trainer's own on --resume
+    run2 = tmp_path / "run2"
+    assert main(["train", "--preset", "tiny", "--batch-size", "4", "--synthetic-pairs", "4", "--synthetic-size",
+                 "32x48", "--epochs", "1", "--metrics", "EN", "--no-progress", "--out", str(run2),
+                 "--no-report"]) == 0
+    assert not (run2 / "report").exists()
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    assert "trained guidance (epoch 3)" in (run / "report" / "index.html").read_text()
