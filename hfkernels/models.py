@@ -18,9 +18,28 @@ tiny      4           68,026
 in the first 3x3 convolution, 9 x 12 weights each.)
 
 Inputs are (B, 2, H, W): the luma of the visible image and the infrared image, both mapped to
-[-1, 1] (see :func:`guidance_input`). Output channel 0 through a sigmoid is ``mu`` in [0, 1]
-(``mu = 1`` selects the infrared image); output channel 1 is a log-variance used only by the
-training's KL term.
+[-1, 1] (see :func:`guidance_input`). ``mu`` in [0, 1] selects the infrared image at 1; output
+channel 1 is a log-variance used only by the training's KL term. Output channel 0 (``z``) becomes
+``mu`` in one of two ways, the *guide kind*:
+
+- ``"scratch"`` (the paper's network): ``mu = sigmoid(z)``. A fresh network predicts ``mu`` near
+  0.5 everywhere (the plain average of the two images) and has to learn all of the guidance.
+- ``"residual"``: ``z`` is a correction ``delta`` to the logit of the heuristic guidance map ``h``
+  (:func:`hfkernels.fusion.heuristic_guidance`, computed inside the network from its own input),
+  and the 1x1 head's ``delta`` row starts at zero weights and bias, so a fresh network *is* the
+  heuristic. Exactly::
+
+      l  = logit(clamp(h, EPS, 1 - EPS))
+      mu = clamp(h + sigmoid(l + delta) - sigmoid(l), 0, 1)
+
+  which is ``sigmoid(logit(h) + delta)`` wherever ``EPS <= h <= 1 - EPS`` (up to float rounding)
+  and returns ``h`` bit for bit while ``delta == 0``: the clamp only makes the logit finite where
+  the heuristic saturates, and the ``h - sigmoid(l)`` term (at most ``EPS`` = 1e-3, under half an
+  8-bit step) puts back what the clamp took away. ``EPS`` also bounds the logit to about +-6.9,
+  so training can still move a saturated pixel (the slope ``mu (1 - mu)`` is at least ~1e-3).
+
+The KL term (:func:`kl_term`) regularises ``z`` in both kinds: for ``scratch`` it pulls ``mu``
+gently towards 0.5, for ``residual`` it pulls the guidance gently towards the heuristic.
 
 Any input size works: the input is replicate-padded up to a multiple of 16 (and at least 32, so
 that the 1/16-scale bottleneck is at least 2x2 and BatchNorm has more than one value per channel
@@ -34,6 +53,12 @@ import torch.nn.functional as F
 
 #: base width of each preset (the widths of the 5 encoder stages are b, 2b, 4b, 8b, 8b).
 PRESETS = {"paper": 64, "small": 12, "tiny": 4}
+#: how output channel 0 becomes ``mu`` (see the module docstring)
+GUIDES = ("residual", "scratch")
+#: the guide kind a model file without one (written before residual guides existed) is
+GUIDE_OF_OLD_FILES = "scratch"
+#: the heuristic's clamp before its logit in residual guides (see the module docstring)
+EPS = 1e-3
 
 
 class DoubleConv(nn.Sequential):
@@ -75,15 +100,24 @@ class GuidanceUNet(nn.Module):
         out_channels: output channels (2: the ``mu`` logit and a log-variance).
         base: base width ``b`` (encoder widths b, 2b, 4b, 8b, 8b); or give ``preset``.
         preset: ``"paper"`` (b = 64), ``"small"`` (12) or ``"tiny"`` (4).
+        guide: ``"scratch"`` (the paper's network, the default here) or ``"residual"`` (a
+            correction to the heuristic guidance, which it equals before training; needs
+            ``in_channels == 2`` holding :func:`guidance_input`). See the module docstring.
 
     ``forward(x)`` takes (B, in_channels, H, W) and returns ``(mu, logvar)``, each (B, 1, H, W):
-    ``mu = sigmoid(output 0)`` in [0, 1] and ``logvar = output 1``. With ``return_logit=True`` it
-    returns ``(mu, logvar, logit)`` (the pre-sigmoid output 0, used by the KL term).
+    ``mu`` in [0, 1] (``sigmoid(output 0)`` for ``scratch``; the corrected heuristic for
+    ``residual``, in float32) and ``logvar = output 1``. With ``return_logit=True`` it returns
+    ``(mu, logvar, z)`` with ``z`` the raw output 0 (the logit for ``scratch``, the logit
+    correction ``delta`` for ``residual``), which the KL term regularises.
     """
 
     def __init__(self, in_channels: int = 2, out_channels: int = 2, base: int | None = None,
-                 preset: str | None = None):
+                 preset: str | None = None, guide: str = "scratch"):
         super().__init__()
+        if guide not in GUIDES:
+            raise ValueError(f"guide must be one of {', '.join(GUIDES)}, got {guide!r}")
+        if guide == "residual" and in_channels != 2:
+            raise ValueError(f"guide 'residual' needs in_channels=2 (visible and infrared luma), got {in_channels}")
         if preset is not None:
             if preset not in PRESETS:
                 raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -103,6 +137,12 @@ class GuidanceUNet(nn.Module):
                                     DoubleConv(4 * b, 8 * b), DoubleConv(8 * b, 8 * b)])
         self.ups = nn.ModuleList([Up(16 * b, 4 * b), Up(8 * b, 2 * b), Up(4 * b, b), Up(2 * b, b)])
         self.outc = nn.Conv2d(b, out_channels, 1)
+        self.guide = guide
+        if guide == "residual":
+            # delta = 0 exactly at step 0 (whatever the features): the network starts as the heuristic
+            with torch.no_grad():
+                self.outc.weight[0].zero_()
+                self.outc.bias[0].zero_()
 
     #: inputs are padded to a multiple of this (4 poolings) ...
     MULTIPLE = 16
@@ -112,13 +152,14 @@ class GuidanceUNet(nn.Module):
     def config(self) -> dict:
         """JSON-able constructor arguments (what :func:`build_model` takes back)."""
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "base": self.base, "preset": self.preset}
+                "base": self.base, "preset": self.preset, "guide": self.guide}
 
     def forward(self, x: torch.Tensor, return_logit: bool = False):
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"x must be a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x))}")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"x must have {self.in_channels} channels, got {x.shape[1]}")
+        x0 = x
         h, w = x.shape[-2:]
         ph = max(self.MIN_SIZE, -(-h // self.MULTIPLE) * self.MULTIPLE) - h
         pw = max(self.MIN_SIZE, -(-w // self.MULTIPLE) * self.MULTIPLE) - w
@@ -134,15 +175,38 @@ class GuidanceUNet(nn.Module):
         out = self.outc(y)
         if ph or pw:
             out = out[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
-        logit = out[:, :1]
-        logvar = out[:, 1:2] if self.out_channels > 1 else torch.zeros_like(logit)
-        mu = torch.sigmoid(logit)
-        return (mu, logvar, logit) if return_logit else (mu, logvar)
+        z = out[:, :1]
+        logvar = out[:, 1:2] if self.out_channels > 1 else torch.zeros_like(z)
+        mu = torch.sigmoid(z) if self.guide == "scratch" else residual_mu(heuristic_from_input(x0), z)
+        return (mu, logvar, z) if return_logit else (mu, logvar)
+
+
+def heuristic_from_input(x: torch.Tensor) -> torch.Tensor:
+    """The heuristic guidance map (B, 1, H, W), float32, of a network input x (B, 2, H, W) made by
+    :func:`guidance_input` (its channels are the two lumas in [-1, 1], which is all the heuristic
+    reads). Computed in float32 outside any autocast region, without gradient."""
+    from .fusion import heuristic_guidance
+
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        x = x.float()
+        return heuristic_guidance(x[:, :1], x[:, 1:2], value_range=(-1.0, 1.0))
+
+
+def residual_mu(h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``clamp(h + sigmoid(l + delta) - sigmoid(l), 0, 1)`` with ``l = logit(clamp(h, EPS, 1 - EPS))``:
+    the guidance ``h`` (B, 1, H, W) in [0, 1] corrected by ``delta`` (B, 1, H, W) in logit space;
+    float32, equal to ``h`` bit for bit where ``delta == 0`` (see the module docstring)."""
+    h = h.float()
+    lg = torch.logit(h.clamp(EPS, 1 - EPS))
+    # the parenthesis matters: sigmoid(lg + 0) - sigmoid(lg) is exactly 0, so mu == h at delta 0
+    return (h + (torch.sigmoid(lg + delta.float()) - torch.sigmoid(lg))).clamp(0.0, 1.0)
 
 
 def build_model(config: dict) -> GuidanceUNet:
-    """A :class:`GuidanceUNet` from :meth:`GuidanceUNet.config` output."""
+    """A :class:`GuidanceUNet` from :meth:`GuidanceUNet.config` output (a config without ``guide``,
+    as written before residual guides existed, builds a ``scratch`` guide)."""
     cfg = dict(config)
+    cfg.setdefault("guide", GUIDE_OF_OLD_FILES)
     preset = cfg.pop("preset", None)
     base = cfg.pop("base", None)
     if base is None:
@@ -168,11 +232,14 @@ def guidance_input(vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
 
 
 def kl_term(logit: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """``-0.5 * mean(1 + logvar - m^2 - exp(logvar))`` with ``m`` the *pre-sigmoid* output 0.
+    """``-0.5 * mean(1 + logvar - m^2 - exp(logvar))`` with ``m`` the network's raw output 0.
 
-    We take the raw output as the Gaussian's mean (the VAE convention the term comes from): the
-    sigmoid is a read-out for the blend, not part of the latent. With weight 1e-5 the term only
-    keeps the logits and log-variances from drifting; it pulls ``mu`` gently towards 0.5.
+    logit, logvar: (B, 1, H, W). We take the raw output as the Gaussian's mean (the VAE convention
+    the term comes from): the sigmoid is a read-out for the blend, not part of the latent. With
+    weight 1e-5 the term only keeps the outputs and log-variances from drifting. For a ``scratch``
+    guide the raw output is the logit of ``mu``, so the term pulls ``mu`` gently towards 0.5; for
+    a ``residual`` guide it is the correction ``delta``, so the term pulls the guidance gently
+    towards the heuristic (the prior is centred on it) and is 0 for the mean at step 0.
     """
     logit, logvar = logit.float(), logvar.float()
     return -0.5 * torch.mean(1 + logvar - logit.pow(2) - logvar.exp())
@@ -184,7 +251,9 @@ def load_guidance(run_dir, device=None):
 
     ``mu_fn`` takes vis (B, 1|3, H, W) and ir (B, 1|3, H, W) in [0, 1] and returns mu
     (B, 1, H, W) in [0, 1] (float32, on the inputs' device, no gradient). The network runs in
-    eval mode (BatchNorm running statistics) on ``device`` (default: the inputs' device).
+    eval mode (BatchNorm running statistics) on ``device`` (default: the inputs' device). The
+    guide kind stored with the weights is used (``mu_fn.guide``; files written before residual
+    guides existed hold scratch guides).
     """
     from .checkpoint import load_model
 
@@ -204,8 +273,9 @@ def load_guidance(run_dir, device=None):
         return mu.float().clamp(0, 1).to(vis.device)
 
     mu_fn.model = model
+    mu_fn.guide = model.guide
     return mu_fn
 
 
-__all__ = ["PRESETS", "GuidanceUNet", "build_model", "count_parameters", "guidance_input",
-           "kl_term", "load_guidance"]
+__all__ = ["PRESETS", "GUIDES", "EPS", "GuidanceUNet", "build_model", "count_parameters", "guidance_input",
+           "heuristic_from_input", "residual_mu", "kl_term", "load_guidance"]

@@ -10,6 +10,20 @@ One step (DESIGN.md, "Training loss" and "The network"):
 4. AdamW (lr 1e-4, weight decay 1e-4), gradients accumulated over ``accum`` batches, norm
    clipped to 1.0.
 
+The guide kind (``guide``, see :mod:`hfkernels.models`) is ``"residual"`` by default: the
+network starts as the heuristic guidance and learns a correction to its logit; ``"scratch"`` is
+the paper's network, which starts at ``mu = 0.5``. The KL term regularises the network's raw
+output in both (the logit for scratch, the correction for residual).
+
+``time_budget`` (seconds) stops training after the first optimizer step past that much training
+time (forward, backward and optimizer steps, BatchNorm re-estimation; not evaluation or
+checkpoints), counted over the whole run including the epochs before a resume; the stopped epoch
+is evaluated and checkpointed like a full one (``"stopped_by_budget": true`` in its record), and
+a resumed run starts the next epoch.
+
+Test sets are evaluated at their native resolution whatever ``max_size`` does to the training
+images (the published protocol); ``eval_max_size`` downscales them too, if wanted.
+
 After every epoch (on rank 0): evaluation of every test set with the metrics suite, a contact
 sheet, an atomic checkpoint and a record appended to ``RUN/history.json``. Under ``torchrun`` the
 model is wrapped in DistributedDataParallel (gloo on CPU, NCCL on CUDA) and each process takes
@@ -44,6 +58,10 @@ DEFAULT_OUT = "runs/default"
 #: learning rate and epochs of the built-in demo (no data given); see TrainConfig.resolve
 DEMO_LR = 1e-3
 DEMO_EPOCHS = 4
+#: the guide kind of new runs (see hfkernels.models); a saved run config without one is "scratch"
+DEFAULT_GUIDE = "residual"
+#: the epoch limit of a run that has a time budget but no --epochs
+BUDGET_EPOCHS = 1_000_000
 
 
 @dataclass
@@ -54,8 +72,11 @@ class TrainConfig:
     test: list = field(default_factory=list)  # test sets; empty with synthetic data: a synthetic test set
     epochs: int | None = None  # None: 2 with --data (the paper's recipe), DEMO_EPOCHS without
     preset: str = "tiny"
+    guide: str = DEFAULT_GUIDE  # "residual" (starts as the heuristic) or "scratch" (the paper's network)
     batch_size: int = 8
-    max_size: int | None = None
+    max_size: int | None = None  # downscale training images to this longer side (None: native)
+    eval_max_size: int | None = None  # downscale test images too (None: evaluate at native resolution)
+    time_budget: float | None = None  # seconds of training after which the run stops (None: no limit)
     device: str | None = None  # default: cuda if available
     accum: int = 1
     seed: int = 0
@@ -76,6 +97,8 @@ class TrainConfig:
     num_workers: int = 0
     baseline: bool = True  # evaluate the heuristic guidance once, for comparison
     bn_batches: int = 16  # training batches that re-estimate BatchNorm statistics after each epoch (0: off)
+    report: bool = True  # write the results page RUN/report/index.html at the end of the run
+    report_limit: int | None = None  # pairs per test set with pictures on that page (None: all)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -88,6 +111,8 @@ class TrainConfig:
     def from_json(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
+        # runs saved before guide kinds existed trained the paper's network
+        d.setdefault("guide", "scratch")
         if "synthetic_size" in d:
             d["synthetic_size"] = tuple(d["synthetic_size"])
         return cls(**d)
@@ -102,21 +127,32 @@ class TrainConfig:
         if self.lr is None:
             self.lr = 1e-4 if self.data else DEMO_LR
         if self.epochs is None:
-            self.epochs = 2 if self.data else DEMO_EPOCHS
+            if self.time_budget is not None:
+                self.epochs = BUDGET_EPOCHS  # the budget decides
+            else:
+                self.epochs = 2 if self.data else DEMO_EPOCHS
         return self
 
     def validate(self) -> None:
-        from .models import PRESETS
+        from .models import GUIDES, PRESETS
 
+        if self.time_budget is not None:
+            if isinstance(self.time_budget, bool) or not isinstance(self.time_budget, (int, float)) \
+                    or not self.time_budget > 0 or self.time_budget == float("inf"):
+                raise ValueError(f"time_budget must be a finite number of seconds > 0, got {self.time_budget!r}")
         self.resolve()
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if self.guide not in GUIDES:
+            raise ValueError(f"guide must be one of {', '.join(GUIDES)}, got {self.guide!r}")
         for name in ("epochs", "batch_size", "accum", "synthetic_pairs", "levels"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if self.max_size is not None and self.max_size < 1:
-            raise ValueError(f"max_size must be >= 1, got {self.max_size}")
+        for name in ("max_size", "eval_max_size"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {v!r}")
         if self.lr <= 0 or self.clip <= 0:
             raise ValueError(f"lr and clip must be > 0, got lr={self.lr}, clip={self.clip}")
 
@@ -222,6 +258,7 @@ class Trainer:
                         ckpt.CHECKPOINT_JSON, ckpt.CONFIG_JSON, "history.json", "baseline.json")]:
                     p.unlink(missing_ok=True)
                 shutil.rmtree(run / "sheets", ignore_errors=True)
+                shutil.rmtree(run / "report", ignore_errors=True)
         self.dist.barrier()
 
     # ----------------------------------------------------------------- set-up
@@ -231,12 +268,12 @@ class Trainer:
 
         if cfg.data:
             self.train_set = PairDataset(cfg.data, max_size=cfg.max_size, split="train")
-            tests = [(str(t), PairDataset(t, max_size=cfg.max_size, split="test")) for t in cfg.test]
+            tests = [(str(t), PairDataset(t, max_size=cfg.eval_max_size, split="test")) for t in cfg.test]
         else:
             from .synthetic import SyntheticPairs
 
             self.train_set = SyntheticPairs(cfg.synthetic_pairs, cfg.synthetic_size, seed=cfg.seed)
-            tests = [(str(t), PairDataset(t, max_size=cfg.max_size, split="test")) for t in cfg.test]
+            tests = [(str(t), PairDataset(t, max_size=cfg.eval_max_size, split="test")) for t in cfg.test]
             if not tests:
                 n = max(cfg.sheet_pairs, 4)
                 tests = [("synthetic-test", SyntheticPairs(n, cfg.synthetic_size, seed=cfg.seed + 7919,
@@ -247,7 +284,7 @@ class Trainer:
                                   cfg.seed, True, self.dist.rank, self.dist.world)
 
         torch.manual_seed(cfg.seed)  # identical initial weights in every process
-        model = GuidanceUNet(in_channels=2, out_channels=2, preset=cfg.preset).to(self.device)
+        model = GuidanceUNet(in_channels=2, out_channels=2, preset=cfg.preset, guide=cfg.guide).to(self.device)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -260,7 +297,8 @@ class Trainer:
 
         if self.resume and ckpt.has_checkpoint(self.run_dir):
             state = ckpt.load_checkpoint(self.run_dir, map_location="cpu")
-            if state["config"] and state["config"] != model.config():
+            saved = dict(state["config"] or {}, guide=state["guide"])
+            if state["config"] and saved != model.config():
                 raise ValueError(
                     f"{self.run_dir} holds a {state['config']} model, but this run builds {model.config()}"
                 )
@@ -324,9 +362,11 @@ class Trainer:
         n_steps = len(batches)
         # micro-batch groups of `accum` batches; the last group may be shorter
         group_len = [min(cfg.accum, n_steps - (i // cfg.accum) * cfg.accum) for i in range(n_steps)]
-        bar = tqdm(total=n_steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+        desc = f"epoch {epoch}" + (f"/{cfg.epochs}" if cfg.epochs < BUDGET_EPOCHS else "")
+        bar = tqdm(total=n_steps, desc=desc, unit="batch", leave=False,
                    disable=not (self.progress and self.dist.main), dynamic_ncols=True, file=sys.stderr)
         loss_sum, n_img, term_sums = 0.0, 0, {}
+        stopped, done = False, 0
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         for i, (_, vis, ir) in enumerate(self.loader.epoch(epoch)):
@@ -342,6 +382,11 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if cfg.time_budget is not None:
+                    spent = self.trained_seconds() + time.perf_counter() - t0
+                    # every process must stop at the same step: any one past the budget stops all
+                    stopped = self.dist.sum(float(spent >= cfg.time_budget))[0] > 0
+            done = i + 1
             b = vis.shape[0]
             loss_sum += float(total.detach()) * b
             n_img += b
@@ -349,6 +394,8 @@ class Trainer:
                 term_sums[k] = term_sums.get(k, 0.0) + v * b
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / n_img:.4f}", img_s=f"{n_img / (time.perf_counter() - t0):.1f}")
+            if stopped:
+                break
         bar.close()
         if cfg.bn_batches > 0:
             self.recalibrate_batchnorm(epoch)
@@ -359,10 +406,21 @@ class Trainer:
         sums = self.dist.sum(loss_sum, float(n_img), *[term_sums[k] for k in sorted(term_sums)])
         loss_sum, n_total = sums[0], sums[1]
         terms = {k: v / n_total for k, v in zip(sorted(term_sums), sums[2:])}
-        return {"epoch": epoch, "train_loss": loss_sum / n_total, "seconds": seconds,
-                "images": int(n_total), "images_per_second": n_total / seconds, "batches": n_steps,
-                "optimizer_steps": -(-n_steps // cfg.accum),
-                "loss_terms": terms}
+        record = {"epoch": epoch, "train_loss": loss_sum / n_total, "seconds": seconds,
+                  "images": int(n_total), "images_per_second": n_total / seconds, "batches": done,
+                  "optimizer_steps": -(-done // cfg.accum),
+                  "loss_terms": terms}
+        if stopped:
+            record["stopped_by_budget"] = True
+        return record
+
+    def trained_seconds(self) -> float:
+        """Training seconds of the epochs in ``history`` (those before a resume included)."""
+        return sum(r.get("seconds", 0.0) for r in self.history)
+
+    def budget_spent(self) -> bool:
+        b = self.cfg.time_budget
+        return b is not None and self.trained_seconds() >= b
 
     @torch.no_grad()
     def recalibrate_batchnorm(self, epoch: int) -> None:
@@ -459,7 +517,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- main loop
     def fit(self) -> list[dict]:
-        """Train up to ``cfg.epochs`` epochs (counting epochs already in the checkpoint)."""
+        """Train up to ``cfg.epochs`` epochs (counting epochs already in the checkpoint), or until
+        ``cfg.time_budget`` seconds of training are spent."""
         cfg = self.cfg
         self._build()
         self._write_config()
@@ -467,14 +526,20 @@ class Trainer:
         sizes = sorted(set(self.train_set.sizes))
         size_txt = f"{sizes[0][0]}x{sizes[0][1]}" if len(sizes) == 1 else f"{len(sizes)} sizes"
         self.log(
-            f"training {cfg.preset} U-Net ({nparams:,} parameters) on {len(self.train_set)} pairs of "
+            f"training {cfg.preset} {cfg.guide} U-Net ({nparams:,} parameters) on {len(self.train_set)} pairs of "
             f"{getattr(self.train_set, 'name', 'data')} ({size_txt}), batch {cfg.batch_size}"
             f"{f' x {cfg.accum} accumulated' if cfg.accum > 1 else ''}"
             f"{f' x {self.dist.world} processes' if self.dist.world > 1 else ''}, on {self.device}"
-            f"{' (bf16 autocast)' if self.device.type == 'cuda' else ''}; run folder {self.run_dir}"
+            f"{' (bf16 autocast)' if self.device.type == 'cuda' else ''}"
+            f"{f', for {cfg.time_budget:g} s of training' if cfg.time_budget is not None else ''}; "
+            f"run folder {self.run_dir}"
         )
         if self.start_epoch >= cfg.epochs:
             self.log(f"{self.run_dir} has already trained {self.start_epoch} epoch(s) (--epochs {cfg.epochs}); nothing to do")
+            return self.history
+        if self.budget_spent():
+            self.log(f"{self.run_dir} has already trained {self.trained_seconds():.1f} s "
+                     f"(--time-budget {cfg.time_budget:g}); nothing to do")
             return self.history
         baseline_path = self.run_dir / "baseline.json"
         if self.dist.main and cfg.baseline and self.test_sets and not baseline_path.is_file():
@@ -499,6 +564,10 @@ class Trainer:
                                      extra={"train_loss": record["train_loss"]})
                 self.log(_epoch_line(record))
             self.dist.barrier()
+            if record.get("stopped_by_budget"):
+                self.log(f"time budget of {cfg.time_budget:g} s reached after {epoch} epoch(s) "
+                         f"({record['batches']} batches of the last)")
+                break
         self.total_seconds = time.perf_counter() - t_run
         if os.environ.get("HFK_SAVE_RANK_WEIGHTS"):
             # a debugging/test hook: every process writes the weights it ended with
@@ -506,6 +575,13 @@ class Trainer:
 
             ckpt.atomic_write_bytes(self.run_dir / f"rank{self.dist.rank}.safetensors",
                                     st_save(ckpt.model_tensors(self.model)))
+        if self.dist.main and cfg.report:
+            from .report import training_report
+
+            t_rep = time.perf_counter()
+            page = training_report(self, cfg.report_limit, progress=self.progress)
+            if page is not None:
+                self.log(f"results page {page} ({time.perf_counter() - t_rep:.1f} s)")
         if self.dist.main:
             self.log(self.summary())
         return self.history

@@ -1,16 +1,20 @@
-"""The guidance U-Net: sizes of the presets, any input size, load_guidance."""
+"""The guidance U-Net: sizes of the presets, any input size, guide kinds, load_guidance."""
 import pytest
 import torch
 
 from hfkernels.checkpoint import save_checkpoint
+from hfkernels.fusion import heuristic_guidance
 from hfkernels.models import (
+    EPS,
     PRESETS,
     GuidanceUNet,
     build_model,
     count_parameters,
     guidance_input,
+    heuristic_from_input,
     kl_term,
     load_guidance,
+    residual_mu,
 )
 from hfkernels.reference import luma
 
@@ -149,3 +153,129 @@ def test_load_guidance_errors(tmp_path):
         load_guidance(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_guidance(tmp_path / "nope")
+
+
+# ----------------------------------------------------------------------------- guide kinds
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("size", [(37, 53), (1, 29), (23, 1), (1, 1), (64, 48)])
+def test_residual_starts_as_the_heuristic(preset, size):
+    torch.manual_seed(1)
+    m = GuidanceUNet(preset=preset, guide="residual")
+    vis, ir = torch.rand(2, 3, *size), torch.rand(2, 1, *size)
+    x = guidance_input(vis, ir)
+    want = heuristic_guidance(vis, ir)
+    for train in (True, False):
+        m.train(train)
+        with torch.no_grad():
+            mu, logvar, delta = m(x, return_logit=True)
+        assert mu.shape == logvar.shape == delta.shape == (2, 1, *size) and mu.dtype == torch.float32
+        assert torch.equal(delta, torch.zeros_like(delta))
+        # bit for bit the heuristic of the network's input ...
+        assert torch.equal(mu, heuristic_from_input(x))
+        # ... which is the heuristic of the images up to the rounding of the luma mapping
+        torch.testing.assert_close(mu, want, atol=1e-6, rtol=0)
+    # under bf16 autocast the heuristic is still computed in float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mu16, _ = m.eval()(x)
+    assert mu16.dtype == torch.float32 and torch.equal(mu16, heuristic_from_input(x))
+
+
+def test_residual_mu_formula():
+    h = torch.tensor([0.0, 1e-6, EPS, 0.2, 0.5, 0.9, 1 - EPS, 1.0]).view(1, 1, 1, -1)
+    zero = torch.zeros_like(h)
+    assert torch.equal(residual_mu(h, zero), h)  # exact, also where h is 0 or 1
+    mid = (h >= EPS) & (h <= 1 - EPS)
+    for d in (-3.0, -0.5, 0.7, 4.0):
+        got = residual_mu(h, zero + d)
+        want = torch.sigmoid(torch.logit(h) + d)
+        torch.testing.assert_close(got[mid], want[mid], atol=1e-6, rtol=0)
+        # outside the clamp the offset is at most EPS (under half an 8-bit step)
+        assert ((got - torch.sigmoid(torch.logit(h.clamp(EPS, 1 - EPS)) + d)).abs() <= EPS + 1e-7).all()
+        assert ((got >= 0) & (got <= 1)).all()
+    # monotone in delta: a positive correction moves towards the infrared image
+    assert (residual_mu(h, zero + 1)[mid] > h[mid]).all() and (residual_mu(h, zero - 1)[mid] < h[mid]).all()
+
+
+def test_residual_learns_a_correction():
+    torch.manual_seed(0)
+    m = GuidanceUNet(preset="tiny", guide="residual").train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    vis, ir = torch.rand(2, 3, 32, 40), torch.rand(2, 1, 32, 40)
+    x = guidance_input(vis, ir)
+    h = heuristic_from_input(x)
+    for _ in range(3):
+        mu, _ = m(x)
+        (mu - 0.9).square().mean().backward()  # a target the heuristic does not meet
+        assert m.outc.weight.grad[0].abs().sum() > 0
+        opt.step()
+        opt.zero_grad()
+    mu, _ = m(x)
+    assert (mu - h).abs().mean() > 1e-3
+    assert (mu - 0.9).square().mean() < (h - 0.9).square().mean()
+
+
+def test_guide_argument_checks():
+    with pytest.raises(ValueError, match="guide"):
+        GuidanceUNet(preset="tiny", guide="hybrid")
+    with pytest.raises(ValueError, match="in_channels"):
+        GuidanceUNet(preset="tiny", in_channels=3, guide="residual")
+    assert GuidanceUNet(preset="tiny").guide == "scratch"
+    m = GuidanceUNet(preset="tiny", guide="residual")
+    assert m.config()["guide"] == "residual" and build_model(m.config()).guide == "residual"
+    # a configuration written before guide kinds existed builds the paper's network
+    old = {k: v for k, v in m.config().items() if k != "guide"}
+    assert build_model(old).guide == "scratch"
+
+
+@pytest.mark.parametrize("guide", ["scratch", "residual"])
+def test_checkpoint_round_trip_of_guide_kinds(tmp_path, guide):
+    import json
+
+    from hfkernels.checkpoint import load_checkpoint, load_model
+
+    torch.manual_seed(0)
+    m = GuidanceUNet(preset="tiny", guide=guide)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    x = torch.rand(2, 2, 24, 20) * 2 - 1
+    mu, _ = m(x)
+    mu.mean().backward()
+    opt.step()  # move the delta head off zero so the kind matters
+    save_checkpoint(tmp_path, m, opt, epoch=1)
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["guide"] == guide
+    assert load_checkpoint(tmp_path)["guide"] == guide
+    assert load_model(tmp_path).guide == guide
+    mu_fn = load_guidance(tmp_path)
+    assert mu_fn.guide == guide
+    vis, ir = torch.rand(1, 3, 19, 23), torch.rand(1, 1, 19, 23)
+    m.eval()
+    with torch.no_grad():
+        want, _ = m(guidance_input(vis, ir))
+    assert torch.equal(mu_fn(vis, ir), want)
+    other = GuidanceUNet(preset="tiny", guide="residual" if guide == "scratch" else "scratch").eval()
+    other.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        assert not torch.equal(other(guidance_input(vis, ir))[0], want)  # the kind changes the output
+
+
+def test_old_checkpoint_without_guide_loads_as_scratch(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    m = GuidanceUNet(preset="tiny").eval()
+    save_checkpoint(tmp_path, m, None, epoch=1)
+    # rewrite the files as an older version wrote them: no guide anywhere
+    record = json.loads((tmp_path / "checkpoint.json").read_text())
+    del record["guide"]
+    (tmp_path / "checkpoint.json").write_text(json.dumps(record))
+    f = tmp_path / record["model"]
+    cfg = {k: v for k, v in m.config().items() if k != "guide"}
+    save_file(load_file(f), f, metadata={"format": "hfkernels-checkpoint-1", "epoch": "1", "config": json.dumps(cfg)})
+    mu_fn = load_guidance(tmp_path)
+    assert mu_fn.guide == "scratch"
+    vis, ir = torch.rand(1, 3, 21, 17), torch.rand(1, 1, 21, 17)
+    with torch.no_grad():
+        assert torch.equal(mu_fn(vis, ir), m(guidance_input(vis, ir))[0])

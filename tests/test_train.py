@@ -128,9 +128,11 @@ def test_loss_decreases_on_fixed_batch(tmp_path):
 
 def test_batchnorm_recalibration(tmp_path):
     """After re-estimating BatchNorm statistics on one batch, eval mode reproduces the train-mode
-    output on that batch (up to the unbiased/biased variance factor n/(n-1))."""
+    output on that batch (up to the unbiased/biased variance factor n/(n-1)). Scratch guides: their
+    whole map comes from the network, where a residual guide after one step is still mostly the
+    heuristic and shows little of the lag."""
     cfg = TrainConfig(out=str(tmp_path / "run"), synthetic_pairs=4, synthetic_size=(48, 64), batch_size=4,
-                      bn_batches=1, baseline=False)
+                      bn_batches=1, baseline=False, guide="scratch")
     tr = Trainer(cfg, progress=False)
     tr._build()
     tr.train_epoch(1)  # moves the weights (and runs the recalibration at its end)
@@ -145,7 +147,7 @@ def test_batchnorm_recalibration(tmp_path):
     assert mu_train.std() > 1e-3  # not a trivial constant map
     # without recalibration the lagging running averages give a visibly different map
     cfg2 = TrainConfig(out=str(tmp_path / "run2"), synthetic_pairs=4, synthetic_size=(48, 64), batch_size=4,
-                       bn_batches=0, baseline=False)
+                       bn_batches=0, baseline=False, guide="scratch")
     tr2 = Trainer(cfg2, progress=False)
     tr2._build()
     tr2.train_epoch(1)
@@ -178,10 +180,94 @@ def test_default_arguments():
     assert (cfg.resolve().lr, cfg.epochs) == (1e-3, 4)  # the demo on generated scenes
     data_cfg = TrainConfig(data=["x"]).resolve()
     assert (data_cfg.lr, data_cfg.epochs) == (1e-4, 2)  # the paper's recipe
+    assert cfg.guide == "residual" and cfg.eval_max_size is None and cfg.time_budget is None
+    # a run saved before guide kinds existed trained the paper's network
+    assert TrainConfig.from_json({"preset": "tiny"}).guide == "scratch"
+    args = build_parser().parse_args(["train", "--guide", "scratch", "--eval-max-size", "64", "--time-budget", "30"])
+    cfg, _, _ = config_from_args(args)
+    assert (cfg.guide, cfg.eval_max_size, cfg.time_budget) == ("scratch", 64, 30.0)
+    for bad in ({"guide": "hybrid"}, {"time_budget": 0}, {"time_budget": float("nan")}, {"eval_max_size": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            TrainConfig(**bad).validate()
     assert not resume and overwrite  # the default run folder is replaced by a new default run
     args = build_parser().parse_args(["train", "--out", "x", "--synthetic-size", "32x48", "--cache", "no"])
     cfg, _, overwrite = config_from_args(args)
     assert cfg.synthetic_size == (32, 48) and cfg.cache is False and not overwrite
+
+
+def test_native_resolution_evaluation_with_max_size(tmp_path):
+    """--max-size shrinks the training images only: the test pairs keep their size, the baseline
+    is the heuristic scored at native size, and a fresh residual guide scores exactly that."""
+    from hfkernels.fusion import fuse_color, heuristic_guidance
+    from hfkernels.io import read_image
+    from hfkernels.metrics import evaluate
+    from hfkernels.synthetic import write_pairs
+
+    write_pairs(tmp_path / "train", 4, (40, 60), seed=1)
+    write_pairs(tmp_path / "test", 2, (45, 66), seed=2)
+    names = ["EN", "Qabf", "SSIM"]
+    cfg = TrainConfig(data=[str(tmp_path / "train")], test=[str(tmp_path / "test")], max_size=24, metrics=names,
+                      out=str(tmp_path / "run"), batch_size=2, bn_batches=0, sheet_pairs=0)
+    tr = Trainer(cfg, progress=False)
+    tr._build()
+    assert max(max(s) for s in tr.train_set.sizes) == 24
+    (_, ds), = tr.test_sets
+    assert [tuple(ds[i][0].shape[-2:]) for i in range(len(ds))] == [(45, 66)] * 2
+    # by hand, at native size, from the files
+    want = {n: 0.0 for n in names}
+    for f in sorted((tmp_path / "test" / "vi").iterdir()):
+        vis = read_image(f, "rgb")[None]
+        ir = read_image(tmp_path / "test" / "ir" / f.name, "gray")[None]
+        vals = evaluate(vis, ir, fuse_color(vis, ir, heuristic_guidance(vis, ir)), names=names)
+        for n in names:
+            want[n] += float(vals[n]) / 2
+    base = tr.evaluate(heuristic_guidance)["test"]
+    assert base == pytest.approx(want, rel=1e-6, abs=1e-9)
+    step0 = tr.evaluate()["test"]  # the residual guide before any step
+    assert step0 == pytest.approx(base, rel=1e-4, abs=1e-6)
+
+    # the same through the CLI: baseline.json holds the native-size scores
+    run = tmp_path / "cli"
+    assert main(["train", "--data", str(tmp_path / "train"), "--test", str(tmp_path / "test"), "--max-size", "24",
+                 "--epochs", "1", "--batch-size", "2", "--metrics", ",".join(names), "--sheet-pairs", "0",
+                 "--no-progress", "--no-report", "--out", str(run)]) == 0
+    saved = json.loads((run / "baseline.json").read_text())["heuristic"]["test"]
+    assert saved == pytest.approx(want, rel=1e-6, abs=1e-9)
+    # --eval-max-size shrinks the test pairs too, if asked for
+    cfg2 = TrainConfig(data=[str(tmp_path / "train")], test=[str(tmp_path / "test")], max_size=24, eval_max_size=33,
+                       out=str(tmp_path / "run2"))
+    tr2 = Trainer(cfg2, progress=False)
+    tr2._build()
+    from hfkernels.data import fit_size
+
+    assert tuple(tr2.test_sets[0][1][0][0].shape[-2:]) == fit_size(45, 66, 33) != (45, 66)
+
+
+def test_time_budget_stops_and_resumes(tmp_path, capsys):
+    run = tmp_path / "run"
+    # a budget any step exceeds: one optimizer step (2 batches accumulated), then evaluation + checkpoint
+    args = ["train", *FAST, "--accum", "2", "--time-budget", "1e-9", "--out", str(run)]
+    assert main(args) == 0
+    hist = json.loads((run / "history.json").read_text())
+    assert len(hist) == 1 and hist[0]["stopped_by_budget"] is True
+    assert hist[0]["batches"] == 2 and hist[0]["optimizer_steps"] == 1 and hist[0]["images"] == 8
+    assert "eval" in hist[0] and ckpt.load_checkpoint(run)["epoch"] == 1
+    assert json.loads((run / "config.json").read_text())["train"]["time_budget"] == 1e-9
+    # the budget counts over resumes: nothing left to do
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert len(json.loads((run / "history.json").read_text())) == 1
+
+
+def test_guide_kind_in_run_files(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--guide", "scratch", "--epochs", "1", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["model"]["guide"] == "scratch"
+    assert json.loads((run / "checkpoint.json").read_text())["guide"] == "scratch"
+    # a run of one kind cannot be resumed as the other
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--guide", "residual",
+                 "--no-progress"]) == 2
 
 
 @pytest.fixture(scope="module")
@@ -270,14 +356,15 @@ def test_fuse_with_checkpoint(tmp_path, ref_run):
     out = tmp_path / "fused"
     assert main(["fuse", "--checkpoint", str(run), "--vis", str(tmp_path / "pairs" / "vi"),
                  "--ir", str(tmp_path / "pairs" / "ir"), "--out", str(out), "--save-mu", "--device", "cpu"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "MU_0000.png", "MU_0001.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "mu"]
+    assert sorted(p.name for p in (out / "mu").iterdir()) == ["0000.png", "0001.png"]
     vis = read_image(tmp_path / "pairs" / "vi" / "0000.png", "keep")[None]
     ir = read_image(tmp_path / "pairs" / "ir" / "0000.png", "gray")[None]
     mu = load_guidance(run)(vis, ir)
     want = fuse_color(vis, ir, mu)
     got = read_image(out / "0000.png", "rgb")[None]
     assert (got - want).abs().max() <= 0.5 / 255 + 1e-6  # the written file is the rounded fusion
-    got_mu = read_image(out / "MU_0000.png", "gray")[None]
+    got_mu = read_image(out / "mu" / "0000.png", "gray")[None]
     assert (got_mu - mu).abs().max() <= 0.5 / 255 + 1e-6
 
 

@@ -8,13 +8,15 @@ Examples::
         --test ../shared/data/MSRS --test ../shared/data/Harvard --epochs 2 --preset paper \\
         --batch-size 16 --out runs/msrs
     hfkernels train --out runs/msrs --resume --epochs 4   # continue (saved settings reused)
+    hfkernels train --data DATA/RoadScene --data DATA/TNO --data DATA/MSRS --test DATA/MSRS \
+        --preset small --guide residual --max-size 480 --time-budget 300 --out runs/5min
     torchrun --nproc_per_node=2 -m hfkernels train ...    # DistributedDataParallel
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, parse_device
 
 
 def register(sub):
@@ -28,14 +30,24 @@ def register(sub):
     p.add_argument("--test", action="append", metavar="DIR", help="evaluation folder after each epoch (repeatable)")
     p.add_argument("--epochs", type=int, help="total number of epochs (default 2 with --data, 4 for the demo)")
     p.add_argument("--preset", choices=("tiny", "small", "paper"), help="network size (default tiny)")
+    p.add_argument("--guide", choices=("residual", "scratch"),
+                   help="residual (default): the network starts as the heuristic guidance and learns a correction "
+                        "to its logit; scratch: the paper's network, which starts at mu = 0.5")
     p.add_argument("--batch-size", type=int, help="images per batch and process (default 8)")
-    p.add_argument("--max-size", type=int, help="downscale images whose longer side exceeds this (aspect kept)")
+    p.add_argument("--max-size", type=int,
+                   help="downscale training images whose longer side exceeds this (aspect kept); "
+                        "test sets stay at native resolution")
+    p.add_argument("--eval-max-size", type=int, help="downscale test images too (default: native resolution)")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="stop after the first optimizer step past this much training time (evaluation not "
+                        "counted), then evaluate and checkpoint; --epochs still caps the run if given")
     p.add_argument("--device", help="cpu | cuda (default: cuda if available)")
     p.add_argument("--accum", type=int, help="batches per optimizer step (gradient accumulation, default 1)")
     p.add_argument("--seed", type=int, help="seed for the initial weights and the batch order (default 0)")
     p.add_argument("--out", help="run folder (default runs/default)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run in --out, or write a run into a folder that holds other files")
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4 with --data, 1e-3 for the demo)")
     p.add_argument("--levels", type=int, help="pyramid levels of the fusion (default 4)")
     p.add_argument("--backend", help="kernel backend for fusion and loss (default: best available)")
@@ -49,12 +61,16 @@ def register(sub):
     p.add_argument("--bn-batches", type=int,
                    help="batches that re-estimate BatchNorm statistics after each epoch (default 16, 0: off)")
     p.add_argument("--no-baseline", action="store_true", help="skip evaluating the heuristic guidance once")
+    p.add_argument("--report-limit", type=int, metavar="N",
+                   help="pictures for at most N pairs per test set on the results page RUN/report/ (default: all)")
+    p.add_argument("--no-report", action="store_true", help="no results page at the end of the run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 # CLI option -> TrainConfig field, for options whose value is used as given
-_DIRECT = {"epochs": "epochs", "preset": "preset", "batch_size": "batch_size", "max_size": "max_size",
+_DIRECT = {"epochs": "epochs", "preset": "preset", "guide": "guide", "batch_size": "batch_size",
+           "max_size": "max_size", "eval_max_size": "eval_max_size", "time_budget": "time_budget",
            "device": "device", "accum": "accum", "seed": "seed", "lr": "lr", "levels": "levels",
            "backend": "backend", "eval_limit": "eval_limit", "sheet_pairs": "sheet_pairs",
            "synthetic_pairs": "synthetic_pairs", "workers": "num_workers", "bn_batches": "bn_batches"}
@@ -92,16 +108,63 @@ def config_from_args(args):
         cfg.cache = {"auto": "auto", "yes": True, "no": False}[args.cache]
     if args.no_baseline:
         cfg.baseline = False
+    if args.report_limit is not None:
+        if args.report_limit < 0:
+            raise CLIError(f"--report-limit must be >= 0, got {args.report_limit}")
+        cfg.report_limit = args.report_limit
+    if args.no_report:
+        cfg.report = False
     # the default run folder is a scratch area: a new default run replaces the old one
     overwrite = args.overwrite or (args.out is None and not args.resume)
     return cfg, args.resume, overwrite
+
+
+def _foreign(entry: Path) -> bool:
+    """Whether a folder entry is none of the trainer's files (dot-files, such as the atomic
+    writer's temporaries, count as the trainer's)."""
+    from ..checkpoint import CHECKPOINT_JSON, CONFIG_JSON
+
+    own = {CHECKPOINT_JSON, CONFIG_JSON, "history.json", "baseline.json", "sheets", "report"}
+    return not (entry.name in own or entry.name.startswith(".") or entry.suffix == ".safetensors")
+
+
+def _holds_run(folder: Path) -> bool:
+    from ..checkpoint import CHECKPOINT_JSON, CONFIG_JSON, FORMAT, read_json
+
+    if (folder / CHECKPOINT_JSON).is_file():
+        return True
+    try:
+        return read_json(folder / CONFIG_JSON).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_run_folder(cfg, overwrite: bool) -> None:
+    """Refuse a run folder that is, or lies inside, a --data/--test folder, that is a file, or
+    that holds files of something other than a training run (unless ``overwrite``). A folder
+    holding a run is left to the trainer, which asks for --resume or --overwrite."""
+    from ..io import OutputError, check_output_folder
+
+    out = Path(cfg.out)
+    inputs = [Path(p) for spec in [*(cfg.data or []), *(cfg.test or [])] for p in str(spec).split(",")]
+    check_output_folder("--out", out, inputs)
+    if overwrite or not out.is_dir() or _holds_run(out):
+        return
+    foreign = sorted(p.name for p in out.iterdir() if _foreign(p))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(f"--out {out} is not a training run folder but holds {shown}; choose a new or empty "
+                          "folder, or pass --overwrite to write the run's files into it")
 
 
 def run(args) -> int:
     from ..data import DataError
     from ..train import train
 
+    if args.device is not None:
+        parse_device(args.device)
     cfg, resume, overwrite = config_from_args(args)
+    check_run_folder(cfg, args.overwrite)
     try:
         train(cfg, resume=resume, overwrite=overwrite, progress=not args.no_progress)
     except DataError as e:
