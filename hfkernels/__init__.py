@@ -2,8 +2,18 @@
 from __future__ import annotations
 
 import importlib
+import os as _os
 
 __version__ = "0.1.0"
+
+# libgomp reads its spin count once, when torch loads it. Its default (300,000 spins) keeps idle
+# OpenMP threads spinning between torch's many small parallel ops, so beside one other busy
+# process training ran at a third of its quiet speed; with 1000 spins waiting threads yield
+# (measured: 18 -> 25 img/s beside one busy process, quiet speed unchanged within noise; see
+# benchmarks/under_load.py). A user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY always wins, and
+# nothing changes if torch was imported before hfkernels.
+if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
+    _os.environ["GOMP_SPINCOUNT"] = "1000"
 
 from .backends import BackendUnavailableError, available_backends, backend_status
 from .fusion import (

@@ -69,6 +69,14 @@ namespace isa_avx2 = isa_base;
 namespace hfk_loss {
 namespace {
 
+// Rows per parallel chunk for the Sobel (gradient_max) loops: a row costs a few dozen flops per
+// pixel, so a fixed 16-row grain opened a parallel region (and woke every OpenMP thread) for
+// images of a few thousand pixels, where the fork/join costs more than the work and, on a loaded
+// machine, waits for a descheduled thread. About 16K pixels per chunk keeps those serial.
+inline int64_t sobel_grain(int64_t W) {
+  return std::max<int64_t>(16, 16384 / std::max<int64_t>(W, 1));
+}
+
 bool use_avx2() {
 #ifdef HFK_LOSS_AVX2
   static const bool ok = [] {
@@ -274,7 +282,7 @@ void gm_forward_impl(const at::Tensor& a, const at::Tensor& b, const at::Tensor&
   const int64_t P = f.size(0) * f.size(1), H = f.size(2), W = f.size(3);
   const scalar_t* src[3] = {a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), f.data_ptr<scalar_t>()};
   std::vector<double> rowsum(P * H);
-  at::parallel_for(0, P * H, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P * H, sobel_grain(W), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(3 * (W + 2) + 6 * W);
     acc_t* pad = scratch.data();
     acc_t* g = pad + 3 * (W + 2);  // ax ay bx by fx fy
@@ -360,7 +368,7 @@ void gm_backward_impl(const at::Tensor& grad, const at::Tensor& a, const at::Ten
   at::Tensor cbuf = at::empty({6, P, H, W}, f.options());
   acc_t* cb = cbuf.data_ptr<acc_t>();
   const int64_t plane = P * H * W;
-  at::parallel_for(0, P * H, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P * H, sobel_grain(W), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(3 * (W + 2) + 6 * W);
     acc_t* pad = scratch.data();
     acc_t* g = pad + 3 * (W + 2);
@@ -388,7 +396,7 @@ void gm_backward_impl(const at::Tensor& grad, const at::Tensor& a, const at::Ten
     }
   });
   scalar_t* dst[3] = {ga.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), gf.data_ptr<scalar_t>()};
-  at::parallel_for(0, P * H, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P * H, sobel_grain(W), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(3 * W + 10 + W);
     acc_t* acc = scratch.data() + 3 * W + 10;
     for (int64_t idx = begin; idx < end; ++idx) {
