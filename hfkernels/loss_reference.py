@@ -2,7 +2,7 @@
 
 Written for clarity, not speed: SSIM filters with a dense 2-D Gaussian window (five grouped
 ``conv2d`` calls, as the released code does), Sobel and the elementwise terms are spelled out.
-See DESIGN.md, "Training loss". Everything is differentiable through autograd, so the gradients
+The released formulation, written plainly. Everything is differentiable through autograd, so the gradients
 here are the ones every backend must reproduce.
 
 Two places where this file pins down what the released code leaves to floating point (both are

@@ -143,7 +143,7 @@ def _check_signed_unit_range(**tensors: torch.Tensor) -> None:
 
 
 class FusionLoss(nn.Module):
-    """The paper's released training loss (DESIGN.md, "Training loss"), before the 0.1 scale.
+    """The paper's released training loss (plain form in ``hfkernels/loss_reference.py``), before the 0.1 scale.
 
     ``total = max_w * L1(target, F) + consist_w * (L1(gray A, gray F) + ir_compose * L1(gray B,
     gray F)) / 2 + grad_w * gradient_max(gray A, gray B, gray F) + ssim_w * (ssim_loss(A, F) +

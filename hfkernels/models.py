@@ -1,6 +1,6 @@
 """The guidance network: a U-Net that predicts the per-pixel fusion weight ``mu`` (and a log-variance).
 
-Architecture (DESIGN.md, "The network"): 4 down / 4 up stages; each stage is a double 3x3
+Architecture (the paper's guidance U-Net): 4 down / 4 up stages; each stage is a double 3x3
 convolution without bias + BatchNorm + ReLU; 2x2 max-pool down; x2 bilinear up-sampling
 (align_corners=True) zero-padded to the skip connection's size and concatenated ``[skip, up]``;
 a 1x1 convolution (with bias) to the outputs. Widths ``b, 2b, 4b, 8b, 8b`` for base width ``b``;

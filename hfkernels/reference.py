@@ -1,6 +1,6 @@
 """Pure-PyTorch reference semantics: the oracle every backend is tested against.
 
-Everything here follows ``DESIGN.md`` ("Reference semantics") literally and is written for
+Everything here is written literally, for
 clarity, not speed. All functions take NCHW tensors and are differentiable through autograd.
 Half-precision inputs are computed in float32 and cast back, the same accumulation the GPU
 backends use.
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ._validate import levels as _check_levels
 from ._validate import max_levels
 
-# BT.601 full-range coefficients (DESIGN.md, "Colour").
+# BT.601 full-range coefficients.
 LUMA = (0.299, 0.587, 0.114)
 _CB = (-0.168736, -0.331264, 0.5)
 _CR = (0.5, -0.418688, -0.081312)

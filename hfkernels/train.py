@@ -1,6 +1,6 @@
 """The trainer: guidance U-Net + pyramid fusion + fusion loss, one epoch after another.
 
-One step (DESIGN.md, "Training loss" and "The network"):
+One step (loss: ``hfkernels/loss_reference.py``; network: ``hfkernels/models.py``):
 
 1. ``x = [luma(vis), ir] * 2 - 1`` (B, 2, H, W); ``mu, logvar, logit = net(x)`` (bf16 autocast on
    CUDA, float32 on CPU);

@@ -3,9 +3,9 @@
 Examples::
 
     hfkernels eval --vis DATA/vi --ir DATA/ir --fused OUT --json m.json --csv m.csv
-    hfkernels eval --data ../shared/data/TNO --method laplacian --metrics EN,MI,VIF,Qabf,SSIM,SD
-    hfkernels eval --data ../shared/data/TNO --checkpoint runs/msrs
-    hfkernels eval --data ../shared/data/TNO --baselines      # the paper's baseline rows, as a table
+    hfkernels eval --data DATA/TNO --method laplacian --metrics EN,MI,VIF,Qabf,SSIM,SD
+    hfkernels eval --data DATA/TNO --checkpoint runs/msrs
+    hfkernels eval --data DATA/TNO --baselines      # the paper's baseline rows, as a table
     hfkernels eval --data DATA/MSRS --checkpoint runs/msrs --baselines --report out/msrs   # + a results page
 
 Images: the visible image is decoded as RGB (a gray file becomes 3 equal channels), the infrared

@@ -4,8 +4,8 @@ on a built-in set of generated scenes) and write a run folder.
 Examples::
 
     hfkernels train                                   # tiny preset, generated scenes, runs/default
-    hfkernels train --data ../shared/data/MSRS --data ../shared/data/RoadScene \\
-        --test ../shared/data/MSRS --test ../shared/data/Harvard --epochs 2 --preset paper \\
+    hfkernels train --data DATA/MSRS --data DATA/RoadScene \\
+        --test DATA/MSRS --test DATA/Harvard --epochs 2 --preset paper \\
         --batch-size 16 --out runs/msrs
     hfkernels train --out runs/msrs --resume --epochs 4   # continue (saved settings reused)
     hfkernels train --data DATA/RoadScene --data DATA/TNO --data DATA/MSRS --test DATA/MSRS \

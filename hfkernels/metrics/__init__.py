@@ -5,7 +5,7 @@ Every metric takes a batch of visible images ``vis``, infrared images ``ir`` and
 device, and returns a (B,) float64 tensor. A = vis, B = ir, F = fused.
 
 ``protocol="paper"`` (default) reproduces the published evaluation protocol, quirks included
-(DESIGN.md, "Metric protocol"); ``protocol="standard"`` gives the textbook definitions. The
+(the protocol of the published tables); ``protocol="standard"`` gives the textbook definitions. The
 differences, all documented in the module that computes each metric:
 
 =======  ===================================================  =====================================

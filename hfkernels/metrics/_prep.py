@@ -1,6 +1,6 @@
 """Input checks and the per-batch preparation shared by every metric.
 
-Protocol (DESIGN.md, "Metric protocol"): inputs in [0,1] are scaled by 255 in float32 (exact for
+Protocol of the published tables: inputs in [0,1] are scaled by 255 in float32 (exact for
 8-bit levels), A = visible, B = infrared, F = fused, and most metrics see ``gray(x)``:
 
 - ``protocol="paper"`` (the released evaluation): a 1-channel image as is; a 3-channel image

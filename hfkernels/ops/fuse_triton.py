@@ -8,7 +8,7 @@ because ``pyr`` and ``collapse`` are linear and ``collapse(pyr(x)) == x``. So on
 (of ``D``) is built, and never at full resolution: ``D`` is formed on the fly from ``vis`` and
 ``ir`` wherever level 0 is read.
 
-Notation (DESIGN.md, "Reference semantics"): ``G_0 = D``, ``G_{k+1} = down(G_k)``,
+Notation (as in ``hfkernels/reference.py``): ``G_0 = D``, ``G_{k+1} = down(G_k)``,
 ``L_k = G_k - up(G_{k+1})`` (k < L), ``L_L = G_L``; ``U_k = up(., size of level k)`` (transposed
 convolution x2, then the bilinear size fix for odd sizes); ``mu_k`` = bilinear resize of ``mu`` to
 level k (align_corners=False, identity at level 0).
