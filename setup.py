@@ -118,6 +118,39 @@ def default_arch_list(cuda_home):
     return ";".join(archs[:-1] + [archs[-1] + "+PTX"])
 
 
+def cuda_arch_list(torch, cuda_home):
+    """The ``TORCH_CUDA_ARCH_LIST`` the CUDA kernels are built for, e.g. ``"8.0;9.0+PTX"``.
+
+    The variable if set; else the visible GPUs' architectures, the newest with ``+PTX`` (what
+    torch's build detects then); else :func:`default_arch_list`.
+    """
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        archs = [f"{major}.{minor}" for major, minor in caps]
+        return ";".join(archs[:-1] + [archs[-1] + "+PTX"])
+    return default_arch_list(cuda_home)
+
+
+def nvcc_flags(torch):
+    """nvcc's options for the ``.cu`` sources besides the architectures: optimisation and the
+    C++ standard of :func:`cxx_standard` (the host compiler and nvcc must agree)."""
+    return ["-O3", f"-std={cxx_standard(torch)}"]
+
+
+def nvcc_arch_flags(arch_list):
+    """``-gencode`` options for an arch list such as ``"8.0;9.0+PTX"``: SASS for each, plus PTX
+    for those marked ``+PTX`` (what torch's build passes nvcc for the same list)."""
+    flags = []
+    for arch in re.split(r"[;\s]+", arch_list.strip()):
+        num = arch.replace("+PTX", "").replace(".", "")
+        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+        if arch.endswith("+PTX"):
+            flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
+    return flags
+
+
 class _NeedsTorch(build_ext):
     def run(self):
         raise RuntimeError(
@@ -164,7 +197,7 @@ def extensions():
     if use_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.device_count() == 0:
             # torch's detection reads the visible GPUs and fails (IndexError) on an empty list.
-            os.environ["TORCH_CUDA_ARCH_LIST"] = default_arch_list(CUDA_HOME)
+            os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list(torch, CUDA_HOME)
             print(f"hfkernels: no GPU visible, building for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
         # No --use_fast_math. Compiled both ways to PTX for sm_90, the kernels have the same
         # instructions but two changes: every f32 add/mul/fma/compare gets .ftz (denormals
@@ -177,7 +210,7 @@ def extensions():
             "hfkernels._C",
             cpu + _sources("csrc/cuda/*.cu", "csrc/cuda/*.cpp"),
             define_macros=[("HFK_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", f"-std={std}"]},
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc_flags(torch)},
             extra_link_args=link,
         )
     else:

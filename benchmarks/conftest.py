@@ -17,7 +17,7 @@ What every benchmark here does:
 * checks speed targets only as ratios against the reference measured here, failing with a
   message that names the target (``--hfk-targets=report`` records them without failing).
 
-CPU work runs with 2 threads (the issues' set-up; ``HFK_BENCH_THREADS`` overrides it).
+CPU work runs with 2 threads (the targets' set-up; ``HFK_BENCH_THREADS`` overrides it).
 On a machine without a GPU the Table 5 / Table 9 set-ups run at scaled CPU shapes, recorded as
 such in ``extra_info["shape_note"]``. Triton's interpreter (``TRITON_INTERPRET=1``) is a
 correctness tool, never timed: the ``"triton"`` backend is skipped on CPU tensors.
@@ -38,7 +38,7 @@ import torch
 import hfkernels
 from hfkernels.backends import BACKEND_NAMES, backend_status, get_backend
 
-# The issues' CPU targets are stated for 2 threads; pin it so CPU figures compare across
+# The CPU targets are stated for 2 threads; pin it so CPU figures compare across
 # machines (GPU timings do not depend on it).
 # HFK_BENCH_THREADS overrides it (1 gives steadier figures on a machine shared with other work:
 # a 2-thread parallel region stalls whenever the other core is taken).

@@ -2,7 +2,7 @@
 ``reconstruct``, forward and forward+backward; plus an OpenCV (``cv2.pyrDown``/``pyrUp``)
 implementation of the same fusion as an optional comparison.
 
-Targets (issue "Fused pyramid-fusion kernels"), checked as ratios measured in this process:
+Targets (the project's speed targets for these kernels), checked as ratios measured in this process:
 - CPU, 2 threads, (1,1,480,640) float32, backend ``"cpu"``: forward >= 4x and forward+backward
   >= 3x the reference; forward faster than OpenCV's (when opencv is installed).
 - GPU, (16,1,480,640) float32 and bfloat16, backends ``"triton"`` and ``"cuda"``: forward and
@@ -20,7 +20,7 @@ from conftest import HAS_GPU, REFERENCE, backend_params, rand, skip_unless_backe
 LEVELS = 4
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-# (device, shape, dtype name): the issue's set-ups (not scaled: these are the stated shapes).
+# (device, shape, dtype name): the target set-ups (not scaled: these are the stated shapes).
 SETUPS = [("cpu", (1, 1, 480, 640), "float32")]
 if HAS_GPU:
     SETUPS += [("cuda", (16, 1, 480, 640), "float32"), ("cuda", (16, 1, 480, 640), "bfloat16")]
@@ -34,6 +34,45 @@ TARGETS = {
     **{("cuda", b, m): 10.0 for b in ("triton", "cuda") for m in MODES},
 }
 ROUNDS = {"cpu": 20, "cuda": 30}
+
+
+def every_case(fn):
+    """Parametrize a benchmark by set-up, mode and backend: the same grid for every op."""
+    fn = pytest.mark.parametrize("setup", SETUPS, ids=SETUP_IDS)(fn)
+    fn = pytest.mark.parametrize("mode", MODES)(fn)
+    return pytest.mark.parametrize("backend", backend_params())(fn)
+
+
+def _case(op, setup, mode, backend):
+    """(device, shape, dtype name, dtype, grad) of a grid point; skips where ``backend`` cannot
+    run ``op`` there."""
+    device, shape, dt = setup
+    dtype = DTYPES[dt]
+    skip_unless_backend(op, backend, device, dtype)
+    return device, shape, dt, dtype, mode == "fwd+bwd"
+
+
+def _timed(call, grad, inputs=(), grad_outputs=None):
+    """``make(backend) -> fn``, where ``fn()`` runs ``call(backend)``: its forward under no_grad,
+    or with ``grad`` its forward and the gradients of ``inputs`` for ``grad_outputs``."""
+
+    def make(bk):
+        if not grad:
+            def fwd():
+                with torch.no_grad():
+                    return call(bk)
+            return fwd
+        return lambda: torch.autograd.grad(call(bk), inputs, grad_outputs)
+    return make
+
+
+def _run_against_reference(rec, make, backend, device) -> float:
+    """Time ``make(backend)``, then the reference's in the same process; the speed-up ratio."""
+    rec.run(make(backend), rounds=ROUNDS[device])
+    if backend == REFERENCE:
+        rec.is_reference()
+        return 1.0
+    return rec.compare(make(REFERENCE), rounds=ROUNDS[device], memory=True)
 
 
 def _fuse_inputs(device, shape, dtype, grad):
@@ -54,28 +93,12 @@ def _dram_bandwidth(device) -> float | None:
     return 2.0 * clock_khz * 1e3 * bus_bits / 8
 
 
-@pytest.mark.parametrize("backend", backend_params())
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("setup", SETUPS, ids=SETUP_IDS)
+@every_case
 def test_fuse(rec, setup, mode, backend):
-    device, shape, dt = setup
-    dtype = DTYPES[dt]
-    skip_unless_backend("fuse", backend, device, dtype)
-    grad = mode == "fwd+bwd"
+    device, shape, dt, dtype, grad = _case("fuse", setup, mode, backend)
     vis, ir, mu = _fuse_inputs(device, shape, dtype, grad)
     g_out = rand(shape, device, dtype, seed=4)
-
-    def make(bk):
-        if not grad:
-            def fwd():
-                with torch.no_grad():
-                    return hfkernels.fuse(vis, ir, mu, LEVELS, backend=bk)
-            return fwd
-
-        def fwd_bwd():
-            out = hfkernels.fuse(vis, ir, mu, LEVELS, backend=bk)
-            return torch.autograd.grad(out, (vis, ir, mu), g_out)
-        return fwd_bwd
+    make = _timed(lambda bk: hfkernels.fuse(vis, ir, mu, LEVELS, backend=bk), grad, (vis, ir, mu), g_out)
 
     if backend != REFERENCE:
         # A ratio only means something if the result is right: a loose sanity check first.
@@ -86,12 +109,7 @@ def test_fuse(rec, setup, mode, backend):
         assert torch.allclose(got, want, atol=tol, rtol=tol), f"fuse[{backend}] disagrees with the reference"
 
     rec.describe(op="fuse", mode=mode, shape=shape, dtype=dtype, backend=backend, device=device, levels=LEVELS)
-    rec.run(make(backend), rounds=ROUNDS[device])
-    if backend == REFERENCE:
-        rec.is_reference()
-        ratio = 1.0
-    else:
-        ratio = rec.compare(make(REFERENCE), rounds=ROUNDS[device], memory=True)
+    ratio = _run_against_reference(rec, make, backend, device)
 
     n_in = vis.numel() + ir.numel() + mu.numel()
     in_bytes = n_in * vis.element_size()
@@ -183,72 +201,34 @@ def test_fuse_opencv(rec):
     rec.describe(op="fuse", mode="forward", shape=shape, dtype=torch.float32, backend="opencv", device=device,
                  levels=LEVELS, note="cv2.pyrDown/pyrUp; forward only (OpenCV has no backward)")
     rec.run(fn, rounds=ROUNDS[device])
-
-    def ref():
-        with torch.no_grad():
-            return hfkernels.fuse(vis, ir, mu, LEVELS, backend=REFERENCE)
-
-    rec.compare(ref, rounds=ROUNDS[device])
+    rec.compare(_timed(lambda bk: hfkernels.fuse(vis, ir, mu, LEVELS, backend=bk), False)(REFERENCE),
+                rounds=ROUNDS[device])
 
 
 # ---------------------------------------------------------------------------------------------
 # Pyramid and collapse on their own
 
 
-@pytest.mark.parametrize("backend", backend_params())
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("setup", SETUPS, ids=SETUP_IDS)
+@every_case
 def test_laplacian_pyramid(rec, setup, mode, backend):
-    device, shape, dt = setup
-    dtype = DTYPES[dt]
-    skip_unless_backend("laplacian_pyramid", backend, device, dtype)
-    grad = mode == "fwd+bwd"
+    device, shape, dt, dtype, grad = _case("laplacian_pyramid", setup, mode, backend)
     x = rand(shape, device, dtype, grad, seed=5)
     with torch.no_grad():
         g_outs = [torch.randn_like(t) for t in hfkernels.laplacian_pyramid(x, LEVELS, backend=REFERENCE)]
-
-    def make(bk):
-        if not grad:
-            def fwd():
-                with torch.no_grad():
-                    return hfkernels.laplacian_pyramid(x, LEVELS, backend=bk)
-            return fwd
-        return lambda: torch.autograd.grad(hfkernels.laplacian_pyramid(x, LEVELS, backend=bk), x, g_outs)
-
+    make = _timed(lambda bk: hfkernels.laplacian_pyramid(x, LEVELS, backend=bk), grad, x, g_outs)
     rec.describe(op="laplacian_pyramid", mode=mode, shape=shape, dtype=dtype, backend=backend, device=device,
                  levels=LEVELS)
-    rec.run(make(backend), rounds=ROUNDS[device])
-    if backend == REFERENCE:
-        rec.is_reference()
-    else:
-        rec.compare(make(REFERENCE), rounds=ROUNDS[device], memory=True)
+    _run_against_reference(rec, make, backend, device)
 
 
-@pytest.mark.parametrize("backend", backend_params())
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("setup", SETUPS, ids=SETUP_IDS)
+@every_case
 def test_reconstruct(rec, setup, mode, backend):
-    device, shape, dt = setup
-    dtype = DTYPES[dt]
-    skip_unless_backend("reconstruct", backend, device, dtype)
-    grad = mode == "fwd+bwd"
+    device, shape, dt, dtype, grad = _case("reconstruct", setup, mode, backend)
     with torch.no_grad():
         pyr = hfkernels.laplacian_pyramid(rand(shape, device, dtype, seed=6), LEVELS, backend=REFERENCE)
     pyr = [t.clone().requires_grad_(grad) for t in pyr]
     g_out = rand(shape, device, dtype, seed=7)
-
-    def make(bk):
-        if not grad:
-            def fwd():
-                with torch.no_grad():
-                    return hfkernels.reconstruct(pyr, backend=bk)
-            return fwd
-        return lambda: torch.autograd.grad(hfkernels.reconstruct(pyr, backend=bk), pyr, g_out)
-
+    make = _timed(lambda bk: hfkernels.reconstruct(pyr, backend=bk), grad, pyr, g_out)
     rec.describe(op="reconstruct", mode=mode, shape=shape, dtype=dtype, backend=backend, device=device,
                  levels=LEVELS)
-    rec.run(make(backend), rounds=ROUNDS[device])
-    if backend == REFERENCE:
-        rec.is_reference()
-    else:
-        rec.compare(make(REFERENCE), rounds=ROUNDS[device], memory=True)
+    _run_against_reference(rec, make, backend, device)

@@ -3,7 +3,7 @@ against the dense 2-D-convolution SSIM of the released loss (``hfkernels.loss_re
 gradient-max, and ``FusionLoss`` against the plain composition (``loss_reference.fusion_loss``);
 pytorch-msssim as an optional comparison for window 11.
 
-Targets (issue "Fused loss kernels"), as ratios measured in this process:
+Targets (the project's speed targets for the loss kernels), as ratios measured in this process:
 - CPU, 2 threads, backend ``"cpu"``: SSIM window 48 fwd+bwd >= 20x the dense formulation;
   FusionLoss fwd+bwd >= 10x the plain composition.
 - GPU, (16,3,480,640), backends ``"triton"``/``"cuda"``: the same, plus SSIM window 11 fwd+bwd
@@ -11,7 +11,7 @@ Targets (issue "Fused loss kernels"), as ratios measured in this process:
 
 Scaled CPU shapes: the dense 48x48 reference takes about 80 s forward+backward for one
 (1,3,480,640) pair on the 2-core CPU (FusionLoss: about 130 s), so on the CPU the window-48 SSIM and
-FusionLoss run at (1,3,120,160) by default; ``HFK_BENCH_FULL=1`` runs the issue's (1,3,480,640).
+FusionLoss run at (1,3,120,160) by default; ``HFK_BENCH_FULL=1`` runs the target's (1,3,480,640).
 Window 11 and gradient-max run at (1,3,480,640) / (1,1,480,640) everywhere on the CPU.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def shape_for(device: str, heavy: bool):
     if device == "cuda":
         return GPU_SHAPE, None
     if heavy and not FULL:
-        return CPU_SCALED, (f"scaled CPU shape {shape_str(CPU_SCALED)} (the issue's is {shape_str(CPU_FULL)}, "
+        return CPU_SCALED, (f"scaled CPU shape {shape_str(CPU_SCALED)} (the target's is {shape_str(CPU_FULL)}, "
                             "where the dense 48x48 reference takes ~80 s per call; HFK_BENCH_FULL=1 runs it)")
     return CPU_FULL, None
 

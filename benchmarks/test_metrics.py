@@ -1,6 +1,6 @@
 """The metrics suite (``hfkernels.metrics.evaluate``) per 640x480 image, and each metric alone.
 
-Targets (issue "Metrics"): the full suite in <= 100 ms per 640x480 image on the 2-core CPU, and
+Targets (the project's speed targets for the metrics): the full suite in <= 100 ms per 640x480 image on the 2-core CPU, and
 >= 200 images/s at batch 16 on a GPU. Both are absolute times, which these benchmarks never
 assert (they depend on the machine and on what else runs on it): they are recorded as
 ``target_note`` / ``target_met`` in ``extra_info`` and printed by ``hfkernels bench``.

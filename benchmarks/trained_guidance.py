@@ -12,9 +12,10 @@ total training time passes the first budget, evaluated, then resumed until the n
 so on (``--time-budget`` counts training time over resumes; evaluation is not counted). A budget
 of 0 evaluates the freshly initialised network (for a residual guide: the heuristic itself).
 
-Writes ``OUT/results.json`` (every figure, with the settings and the machine) after each cell and
-``OUT/RESULTS.md`` (the tables). It refuses an existing ``OUT`` unless ``--resume`` is given, in
-which case finished cells are skipped and unfinished runs continue from their checkpoints.
+Writes ``OUT/results.json`` (every figure, with the settings and the machine) after each cell,
+``OUT/RESULTS.md`` (the tables) and the weights at each budget (``OUT/snapshots/``). It refuses an
+existing ``OUT`` unless ``--resume`` is given, in which case finished cells are skipped and
+unfinished runs continue from their checkpoints.
 
 This is a long job, not a test: on a quiet 2-core CPU, 4 x 15 minutes of training for tiny +
 small plus 15 evaluations of the 841 test pairs (an estimated 3-5 minutes each), so about 2 to
@@ -117,35 +118,18 @@ class TestSets:
 
     def __init__(self, root: Path, limit: int | None):
         from hfkernels.data import PairDataset
+        from hfkernels.evaluation import pairs_from_dataset
 
-        self.sets = []
-        for label, folder, paper_key in TEST_SETS:
-            ds = PairDataset(str(root / folder), split="test")
-            n = len(ds) if limit is None else min(limit, len(ds))
-            self.sets.append((label, paper_key, [ds[i] for i in range(n)]))
+        self.sets = [(label, paper_key, pairs_from_dataset(PairDataset(str(root / folder), split="test"), limit,
+                                                           cache=True))
+                     for label, folder, paper_key in TEST_SETS]
 
-    @torch.no_grad()
     def score(self, fusion, names, device) -> dict:
         """``{set: {metric: mean}}`` for ``fusion(vis, ir) -> fused`` (B,3,H,W) in [0, 1]."""
-        from hfkernels.metrics import evaluate
+        from hfkernels.evaluation import means, score
 
-        out = {}
-        for label, _, pairs in self.sets:
-            sums = dict.fromkeys(names, 0.0)
-            for vis8, ir8 in pairs:
-                vis = vis8[None].to(device).float() / 255
-                ir = ir8[None].to(device).float() / 255
-                vals = evaluate(vis, ir, fusion(vis, ir).clamp(0, 1), names=names, protocol="paper")
-                for k in names:
-                    sums[k] += float(vals[k].sum())
-            out[label] = {k: v / len(pairs) for k, v in sums.items()}
-        return out
-
-
-def guided(mu_fn):
-    from hfkernels.fusion import fuse_color
-
-    return lambda vis, ir: fuse_color(vis, ir, mu_fn(vis, ir).float().clamp(0, 1))
+        return {label: means(score(pairs, {"f": fusion}, names, "paper", device)["f"])
+                for label, _, pairs in self.sets}
 
 
 # ---------------------------------------------------------------------------------- the job
@@ -190,10 +174,20 @@ def train_to(run_dir: Path, preset: str, guide: str, budget: float, args, specs)
             "train_loss": hist[-1]["train_loss"], "first_train_loss": hist[0]["train_loss"]}
 
 
+def snapshot(run_dir: Path, dest: Path) -> None:
+    """Keep the run's weights at this budget (the run folder keeps only its latest checkpoint)."""
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sorted(run_dir.glob("model-e*.safetensors"))[-1], dest)
+
+
 def run(args) -> int:
+    from hfkernels.evaluation import colour, method
+    from hfkernels.guidance import HEURISTIC, constant, load_guidance, model_guidance, resolve
     from hfkernels.io import data_root
     from hfkernels.metrics import check_names
-    from hfkernels.models import GuidanceUNet, load_guidance
+    from hfkernels.models import GuidanceUNet
 
     root = Path(args.data_root) if args.data_root else data_root()
     if root is None or not root.is_dir():
@@ -212,11 +206,8 @@ def run(args) -> int:
     print(f"test sets: {', '.join(f'{label} ({len(p)})' for label, _, p in tests.sets)} "
           f"decoded in {time.perf_counter() - t0:.1f} s", flush=True)
 
-    from hfkernels.fusion import heuristic_guidance
-
-    baselines = {"heuristic guidance": guided(heuristic_guidance),
-                 "mu = 0.5": guided(lambda vis, ir: torch.full_like(ir[:, :1], 0.5)),
-                 "visible as fused": lambda vis, ir: vis}
+    baselines = {"heuristic guidance": colour(resolve(HEURISTIC)), "mu = 0.5": colour(constant(0.5)),
+                 "visible as fused": method("vis")}
     for label, fusion in baselines.items():
         if label not in results["baselines"]:
             t1 = time.perf_counter()
@@ -234,18 +225,14 @@ def run(args) -> int:
                 t1 = time.perf_counter()
                 if budget == 0:
                     torch.manual_seed(args.seed)  # the trainer's initial weights
-                    model = GuidanceUNet(preset=preset, guide=guide).eval()
+                    mu_fn = model_guidance(GuidanceUNet(preset=preset, guide=guide))
                     info = {"train_seconds": 0.0, "epochs": 0, "images": 0}
-
-                    def mu_fn(vis, ir, model=model):
-                        from hfkernels.models import guidance_input
-
-                        return model(guidance_input(vis, ir))[0]
                 else:
                     info = train_to(run_dir, preset, guide, budget, args, specs)
+                    snapshot(run_dir, out / "snapshots" / f"{preset}-{guide}-{budget:g}s.safetensors")
                     mu_fn = load_guidance(run_dir, device=args.device)
                 t2 = time.perf_counter()
-                scores = tests.score(guided(torch.no_grad()(mu_fn)), names, args.device)
+                scores = tests.score(colour(mu_fn), names, args.device)
                 results["cells"][key] = {"preset": preset, "guide": guide, "budget": budget, **info,
                                          "eval_seconds": time.perf_counter() - t2,
                                          "wall_seconds": time.perf_counter() - t1, "scores": scores}

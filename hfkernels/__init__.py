@@ -1,4 +1,8 @@
-"""hfkernels: fast, faithful hybrid image fusion (Laplacian-pyramid blending guided by ``mu``)."""
+"""hfkernels: fast, faithful hybrid image fusion (Laplacian-pyramid blending guided by ``mu``).
+
+The semantics every backend implements, the metric protocol, the backend table and how to add
+an op or a backend: docs/design.md.
+"""
 from __future__ import annotations
 
 import importlib

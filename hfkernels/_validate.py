@@ -7,10 +7,16 @@ import numbers
 import torch
 
 
-def tensor4d(x, name: str) -> torch.Tensor:
+def tensor4d(x, name: str, *, batch_optional: bool = False) -> torch.Tensor:
+    """``x`` as a non-empty floating (B, C, H, W) tensor; with ``batch_optional`` a (C, H, W)
+    tensor is accepted too and returned as (1, C, H, W)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if batch_optional and x.dim() == 3:
+        x = x[None]
     if x.dim() != 4:
+        if batch_optional:
+            raise ValueError(f"{name} must have shape (B, C, H, W) or (C, H, W), got {tuple(x.shape)}")
         hint = " (add a batch dimension with .unsqueeze(0))" if x.dim() == 3 else ""
         raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}{hint}")
     if not x.is_floating_point():

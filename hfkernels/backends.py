@@ -3,7 +3,9 @@
 A backend is a name (``"triton"``, ``"cuda"``, ``"cpu"``, ``"torch"``), a capability check per
 device, a preference rank per device type, the dtypes it accepts and the tolerances its results
 must meet against the reference. Op modules (``hfkernels/ops/*.py``) attach implementations to
-a backend with :func:`implements`; the public API asks :func:`select` for one.
+a backend with :func:`implements`; the public API asks :func:`select` for one. Adding a backend
+is one :func:`register_backend` call at the end of this module (:data:`BACKEND_NAMES` follows)
+and its op modules in ``hfkernels/ops`` (found there by name).
 
 Selection order: the ``backend=`` argument, else the ``HFK_BACKEND`` environment variable, else
 the highest-ranked backend that is available on the tensor's device, implements the op and
@@ -25,7 +27,6 @@ from typing import Callable
 
 import torch
 
-BACKEND_NAMES = ("triton", "cuda", "cpu", "torch")
 ENV_VAR = "HFK_BACKEND"
 
 
@@ -103,7 +104,7 @@ def backend_status(device=None) -> dict[str, tuple[bool, str]]:
     """``{name: (available, reason)}`` for every backend on ``device`` (default: cuda if present)."""
     _load_ops()
     dev = _device_of(device)
-    return {n: _REGISTRY[n].available(dev) for n in BACKEND_NAMES if n in _REGISTRY}
+    return {n: b.available(dev) for n, b in _REGISTRY.items()}
 
 
 def available_backends(device=None) -> list[str]:
@@ -280,8 +281,12 @@ _TOL_EXACT = {
     torch.bfloat16: (1.6e-2, 1.6e-2),
 }
 
-register_backend(Backend("torch", _always, {"cuda": 0, "cpu": 10}, {"cpu": _ALL, "cuda": _ALL}, _TOL_EXACT))
-register_backend(Backend("cpu", _ext_check, {"cpu": 20}, {"cpu": _F32_64}, _TOL_EXACT))
-register_backend(Backend("cuda", _ext_check, {"cuda": 20}, {"cuda": _GPU}, _TOL_EXACT))
+# Registration order is the order of BACKEND_NAMES (and of `hfkernels info`).
 # The interpreter is correct but slow: on CPU it ranks last.
 register_backend(Backend("triton", _triton_check, {"cuda": 30, "cpu": -1}, {"cpu": _F32_64 + (torch.float16, torch.bfloat16), "cuda": _GPU}, _TOL_EXACT))
+register_backend(Backend("cuda", _ext_check, {"cuda": 20}, {"cuda": _GPU}, _TOL_EXACT))
+register_backend(Backend("cpu", _ext_check, {"cpu": 20}, {"cpu": _F32_64}, _TOL_EXACT))
+register_backend(Backend("torch", _always, {"cuda": 0, "cpu": 10}, {"cpu": _ALL, "cuda": _ALL}, _TOL_EXACT))
+
+#: every registered backend's name, in registration order
+BACKEND_NAMES = tuple(_REGISTRY)

@@ -25,6 +25,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .models import build_model
+
 CHECKPOINT_JSON = "checkpoint.json"
 CONFIG_JSON = "config.json"
 FORMAT = "hfkernels-checkpoint-1"
@@ -191,8 +193,6 @@ def _read_model_file(path: Path, map_location):
 def load_model(path, map_location="cpu"):
     """Rebuild a :class:`~hfkernels.models.GuidanceUNet` from a run folder (its last checkpoint)
     or from a model ``.safetensors`` file; returns it in train mode on ``map_location``."""
-    from .models import build_model
-
     path = Path(path)
     if path.is_dir():
         if not has_checkpoint(path):

@@ -1,4 +1,9 @@
-"""Public fusion API: ``fuse``, ``fuse_color``, ``laplacian_pyramid``, ``reconstruct``."""
+"""Public fusion API: ``fuse``, ``fuse_color``, ``laplacian_pyramid``, ``reconstruct`` (and,
+re-exported from :mod:`hfkernels.heuristic`, the heuristic guidance).
+
+The exact semantics every backend matches (kernel, borders, odd sizes, the per-level ``mu``,
+colour) are in docs/design.md, section 4; the heuristic map and baselines in section 5.
+"""
 from __future__ import annotations
 
 import torch
@@ -7,6 +12,7 @@ from . import _validate as V
 from . import reference as ref
 from ._validate import max_levels
 from .backends import select
+from .heuristic import heuristic_blend, heuristic_guidance
 
 
 def fuse(vis, ir, mu, levels: int = 4, *, backend: str | None = None, check: bool = False) -> torch.Tensor:
@@ -14,20 +20,23 @@ def fuse(vis, ir, mu, levels: int = 4, *, backend: str | None = None, check: boo
 
     Args:
         vis: (B, C, H, W) first source (``mu = 0`` selects it).
-        ir: (B, 1, H, W) — used for every channel of ``vis`` — or (B, C, H, W) second source.
+        ir: (B, 1, H, W) -- used for every channel of ``vis`` -- or (B, C, H, W) second source.
         mu: (B, 1, H, W) guidance in [0, 1] (``mu = 1`` selects ``ir``).
-        levels: number of Laplacian levels (>= 1); the pyramid has ``levels + 1`` tensors.
-            Levels past ``max_levels(H, W) = ceil(log2(max(H, W)))`` would only add 1x1 levels,
-            which leave the result unchanged but for rounding (the blend of a 1x1 level is
-            linear and collapses back), so they are skipped: any ``levels`` costs at most that.
-        backend: ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"torch"``; default: ``HFK_BACKEND``, else
-            the best available for the device.
-        check: if True, raise ``ValueError`` when ``mu`` leaves [0, 1] or any input holds NaN/inf.
-            Unchecked, NaNs propagate to the output pixels they touch.
+        levels: Laplacian levels (>= 1); capped at ``ceil(log2(max(H, W)))``, which changes
+            only rounding (docs/design.md, section 4.4).
+        backend: ``"triton"``, ``"cuda"``, ``"cpu"`` or ``"torch"``; default: ``HFK_BACKEND``,
+            else the best available (docs/design.md, section 9).
+        check: raise ``ValueError`` if ``mu`` leaves [0, 1] or any input is NaN/inf
+            (unchecked, NaNs reach the output pixels they touch).
 
     Returns:
-        (B, C, H, W) tensor of ``vis``'s dtype. Differentiable with respect to all three inputs.
-        Any H, W >= 1; all inputs must share one floating dtype and one device.
+        (B, C, H, W) in ``vis``'s dtype, differentiable in all three inputs. Any H, W >= 1; the
+        inputs share one floating dtype and one device.
+
+    Example:
+        >>> vis, ir = torch.rand(2, 3, 31, 40), torch.rand(2, 1, 31, 40)
+        >>> fuse(vis, ir, torch.full((2, 1, 31, 40), 0.25)).shape
+        torch.Size([2, 3, 31, 40])
     """
     V.fusion_inputs(vis, ir, mu, levels, check)
     _, impl = select("fuse", vis.device, vis.dtype, backend)
@@ -35,11 +44,20 @@ def fuse(vis, ir, mu, levels: int = 4, *, backend: str | None = None, check: boo
 
 
 def laplacian_pyramid(x, levels: int = 4, *, backend: str | None = None) -> list[torch.Tensor]:
-    """Laplacian pyramid of x (B, C, H, W): ``[L_0 .. L_{levels-1}, G_levels]``; L_k has the size
-    of the k-th Gaussian level (``ceil`` halving each time).
+    """Laplacian pyramid ``[L_0, ..., L_{levels-1}, G_levels]`` of an image.
 
-    ``levels`` is at most ``max_levels(H, W) = ceil(log2(max(H, W)))`` (at least 1), where
-    ``G_levels`` is 1x1; more raises ``ValueError`` (the extra levels would be 1x1 copies).
+    Args:
+        x: (B, C, H, W) floating tensor.
+        levels: 1 .. ``ceil(log2(max(H, W)))`` (more raises ``ValueError``: level
+            ``max_levels`` is already 1x1).
+
+    Returns:
+        ``levels + 1`` tensors; entry k is (B, C, H_k, W_k) with ``H_{k+1} = ceil(H_k / 2)``.
+        Semantics: docs/design.md, section 4.3.
+
+    Example:
+        >>> [tuple(t.shape[-2:]) for t in laplacian_pyramid(torch.rand(1, 1, 5, 8), levels=2)]
+        [(5, 8), (3, 4), (2, 2)]
     """
     V.tensor4d(x, "x")
     V.levels_for_size(levels, *x.shape[-2:])
@@ -48,7 +66,15 @@ def laplacian_pyramid(x, levels: int = 4, *, backend: str | None = None) -> list
 
 
 def reconstruct(pyr, *, backend: str | None = None) -> torch.Tensor:
-    """Collapse a pyramid made by :func:`laplacian_pyramid` back to a (B, C, H, W) image."""
+    """Collapse a pyramid made by :func:`laplacian_pyramid` back to a (B, C, H, W) image.
+
+    ``pyr``: a list of at least 2 tensors, each level half the size of the one before (ceil).
+
+    Example:
+        >>> x = torch.rand(1, 3, 9, 7, dtype=torch.float64)
+        >>> torch.allclose(reconstruct(laplacian_pyramid(x, 3)), x)
+        True
+    """
     if isinstance(pyr, torch.Tensor) or not hasattr(pyr, "__len__") or len(pyr) < 2:
         raise TypeError("pyr must be a list of at least 2 tensors, as laplacian_pyramid returns")
     for i, t in enumerate(pyr):
@@ -65,12 +91,26 @@ def reconstruct(pyr, *, backend: str | None = None) -> torch.Tensor:
     return impl(list(pyr))
 
 
-def fuse_color(vis_rgb, ir, mu, levels: int = 4, *, backend: str | None = None, check: bool = False) -> torch.Tensor:
-    """The paper's colour path: RGB (B,3,H,W) in [0,1] -> YCbCr, fuse Y with ``ir``, keep Cb/Cr,
-    back to RGB, clamped to [0, 1].
+def fuse_color(vis_rgb, ir, mu=None, levels: int = 4, *, backend: str | None = None,
+               check: bool = False) -> torch.Tensor:
+    """The paper's colour path: fuse the luma (BT.601 YCbCr) with ``ir``, keep the chroma.
 
-    ``ir`` is (B,1,H,W) or (B,3,H,W) (its luma is used); ``mu`` is (B,1,H,W). A 1-channel
-    ``vis_rgb`` is fused directly (and clamped). ``levels`` as :func:`fuse`. Returns (B, C, H, W).
+    Args:
+        vis_rgb: (B, 3, H, W) RGB in [0, 1], or (B, 1, H, W), which is fused directly.
+        ir: (B, 1, H, W), or (B, 3, H, W), which enters through its luma.
+        mu: (B, 1, H, W) guidance in [0, 1]; None (default) asks
+            :func:`hfkernels.guidance.default_guidance` for it -- the trained guide shipped with
+            the package (computed without gradient), or the heuristic map where none is
+            installed. ``mu=hfkernels.heuristic_guidance(vis_rgb, ir)`` gives the hand-made map.
+        levels, backend, check: as :func:`fuse`.
+
+    Returns:
+        (B, C, H, W) RGB of ``vis_rgb``'s channel count, clamped to [0, 1]
+        (docs/design.md, section 4.6).
+
+    Example:
+        >>> fuse_color(torch.rand(1, 3, 16, 16), torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)).shape
+        torch.Size([1, 3, 16, 16])
     """
     V.tensor4d(vis_rgb, "vis_rgb")
     V.tensor4d(ir, "ir")
@@ -78,43 +118,15 @@ def fuse_color(vis_rgb, ir, mu, levels: int = 4, *, backend: str | None = None, 
         raise ValueError(f"vis_rgb must have 1 or 3 channels, got {vis_rgb.shape[1]}")
     if ir.shape[1] not in (1, 3):
         raise ValueError(f"ir must have 1 or 3 channels, got {ir.shape[1]}")
+    if mu is None:
+        # imported here so that `import hfkernels` does not load the network code (lazy exports)
+        from .guidance import default_guidance
+
+        V.same_device_dtype(vis_rgb, "vis_rgb", ir=ir)
+        mu = default_guidance()(vis_rgb, ir).to(vis_rgb.dtype)
     ir_y = ref.luma(ir)
     if vis_rgb.shape[1] == 1:
         return fuse(vis_rgb, ir_y, mu, levels, backend=backend, check=check).clamp(0, 1)
     ycc = ref.rgb_to_ycbcr(vis_rgb)
     y = fuse(ycc[:, :1], ir_y, mu, levels, backend=backend, check=check)
     return ref.ycbcr_to_rgb(torch.cat([y, ycc[:, 1:]], dim=1)).clamp(0, 1)
-
-
-def _heuristic_inputs(vis, ir, value_range) -> tuple[float, float]:
-    V.tensor4d(vis, "vis")
-    V.tensor4d(ir, "ir")
-    V.same_device_dtype(vis, "vis", ir=ir)
-    for name, t in (("vis", vis), ("ir", ir)):
-        if t.shape[1] not in (1, 3):
-            raise ValueError(f"{name} must have 1 or 3 channels, got {t.shape[1]} (shape {tuple(t.shape)})")
-    if vis.shape[0] != ir.shape[0] or vis.shape[-2:] != ir.shape[-2:]:
-        raise ValueError(
-            f"ir has shape {tuple(ir.shape)}, incompatible with vis {tuple(vis.shape)}: "
-            "batch size, height and width must agree"
-        )
-    return V.value_range(value_range)
-
-
-def heuristic_guidance(vis, ir, value_range=(0.0, 1.0)) -> torch.Tensor:
-    """The paper's hand-made guidance map (B,1,H,W) in [0,1] for vis (B,1|3,H,W), ir (B,1|3,H,W),
-    both in ``value_range`` = (low, high), finite with low < high (default [0,1]); 3-channel
-    images enter through their luma. See :func:`hfkernels.reference.heuristic_guidance`."""
-    vr = _heuristic_inputs(vis, ir, value_range)
-    return ref.heuristic_guidance(vis, ir, vr)
-
-
-def heuristic_blend(vis, ir, value_range=(0.0, 1.0)) -> torch.Tensor:
-    """The paper's per-pixel heuristic baseline ``(1 - w) vis + w ir``, shape of vis (B,1|3,H,W).
-
-    ``ir`` (B,1|3,H,W): a 1-channel ``ir`` is used for every channel of a 3-channel ``vis``; a
-    3-channel ``ir`` with a 1-channel ``vis`` enters through its luma (as in :func:`fuse_color`).
-    ``value_range`` as :func:`heuristic_guidance`.
-    """
-    vr = _heuristic_inputs(vis, ir, value_range)
-    return ref.heuristic_blend(vis, ir, vr)

@@ -246,7 +246,8 @@ def check_outputs(outputs, inputs=(), *, overwrite: bool = False) -> None:
 
 
 def data_root() -> Path | None:
-    """The shared real-image folder: ``$HFK_DATA``, else ``../shared/data`` beside the checkout."""
+    """The real-image folder: ``$HFK_DATA`` (None if that is not a folder), else a folder
+    ``shared/data`` next to the checkout or next to the working directory; None if none exists."""
     env = os.environ.get("HFK_DATA")
     if env:
         return Path(env) if Path(env).is_dir() else None

@@ -22,10 +22,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .reference import LUMA, gaussian_taps
-
-_CB = (-0.168736, -0.331264, 0.5)
-_CR = (0.5, -0.418688, -0.081312)
+# BT.601 luma and chroma come from the reference module (one definition of the coefficients);
+# they are re-exported here because the released loss is written in their terms.
+from .reference import chroma, gaussian_taps, luma
 
 
 def released_data_range(x: torch.Tensor) -> float:
@@ -116,19 +115,6 @@ def gradient_max(a, b, f) -> torch.Tensor:
     lx = F.l1_loss(fx.abs(), torch.maximum(ax.abs(), bx.abs()))
     ly = F.l1_loss(fy.abs(), torch.maximum(ay.abs(), by.abs()))
     return lx + ly
-
-
-def luma(x: torch.Tensor) -> torch.Tensor:
-    """(B,3,H,W) -> (B,1,H,W), BT.601 weights."""
-    return LUMA[0] * x[:, 0:1] + LUMA[1] * x[:, 1:2] + LUMA[2] * x[:, 2:3]
-
-
-def chroma(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Cb, Cr) of a (B,3,H,W) image without the 0.5 offset, each (B,1,H,W)."""
-    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    cb = _CB[0] * r + _CB[1] * g + _CB[2] * b
-    cr = _CR[0] * r + _CR[1] * g + _CR[2] * b
-    return cb, cr
 
 
 def fusion_loss(

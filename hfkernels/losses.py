@@ -1,26 +1,12 @@
-"""Public training losses: ``ssim``, ``ssim_loss``, ``gradient_max_loss`` and ``FusionLoss``.
+"""Public training losses: ``ssim``, ``ssim_per_image``, ``ssim_loss``, ``gradient_max_loss`` and
+``FusionLoss``.
 
-Each function validates its arguments, works out the constants, and calls the backend chosen by
-:func:`hfkernels.backends.select` for one of two ops. The contracts every backend implements:
-
-``"ssim"``: ``impl(x, y, window_size, sigma, c1, c2, padding) -> (B,)`` per-image mean SSIM over
-    channels and positions. x, y (B,C,H,W) of one shape, dtype and device; ``window_size <=
-    min(H, W)`` (the caller shrinks it); Gaussian taps ``exp(-(i - w//2)^2 / (2 sigma^2))``,
-    i = 0..w-1, normalised (even windows are off-centre); ``padding`` "valid" (output
-    (H-w+1, W-w+1)) or "same" (zero padding, output (H, W), output pixel p sees input
-    ``p - w//2 + i`` through tap i — so an even window has w//2 zero rows before, w//2 - 1 after).
-    With ``s1 = max(E[x^2] - mu1^2, 0)``, ``s2`` likewise, ``s12 = clamp(E[xy] - mu1 mu2,
-    -(s1+s2)/2, (s1+s2)/2)``: ``ssim = (2 mu1 mu2 + c1)(2 s12 + c2) / ((mu1^2 + mu2^2 + c1)(s1 + s2
-    + c2))``. Differentiable in x and y, with torch's conventions at the clamps. Taps below the
-    dtype's resolution may be dropped.
-``"gradient_max"``: ``impl(a, b, f) -> 0-dim``: ``mean(| |Sx f| - max(|Sx a|, |Sx b|) |) +
-    mean(| |Sy f| - max(|Sy a|, |Sy b|) |)``, 3x3 Sobel with replicate padding evaluated as
-    ``(d_top + 2 d_mid) + d_bottom`` (``d = right - left``; transposed for y) so that ties are
-    the same in every backend. Differentiable in a, b, f with autograd's conventions:
-    ``d|v|/dv = sign(v)`` (0 at 0), ``maximum`` splits its gradient equally at ties.
-
-The plain transcription of the released loss, against which all of this is tested, is
-:mod:`hfkernels.loss_reference`.
+Each function validates its arguments, works out the constants (window shrunk to the image,
+C1/C2 from the data range) and calls the backend that :func:`hfkernels.backends.select` picks
+for the op ``"ssim"`` or ``"gradient_max"``. The contracts of those two ops (taps, padding
+geometry, clamps, Sobel summation order, gradient conventions at ties) and the loss terms are
+in docs/design.md, section 6; the plain transcription of the released loss, against which all
+of this is tested, is :mod:`hfkernels.loss_reference`.
 """
 from __future__ import annotations
 
@@ -81,7 +67,13 @@ def _ssim_args(x, y, window_size, sigma, data_range, padding):
 
 def ssim_per_image(x, y, window_size: int = 11, sigma: float = 1.5, data_range=1.0, padding: str = "valid",
                    *, backend: str | None = None) -> torch.Tensor:
-    """Mean SSIM of each image pair, shape (B,); arguments as :func:`ssim`."""
+    """Mean SSIM of each image pair over channels and positions, shape (B,); arguments as :func:`ssim`.
+
+    Example:
+        >>> x = torch.rand(3, 1, 16, 16)
+        >>> ssim_per_image(x, x).tolist()
+        [1.0, 1.0, 1.0]
+    """
     w, sigma, c1, c2 = _ssim_args(x, y, window_size, sigma, data_range, padding)
     _, impl = select("ssim", x.device, x.dtype, backend)
     return impl(x, y, w, sigma, c1, c2, padding)
@@ -94,29 +86,47 @@ def ssim(x, y, window_size: int = 11, sigma: float = 1.5, data_range=1.0, paddin
     Args:
         x, y: (B, C, H, W) images of one shape, floating dtype and device.
         window_size: Gaussian window side (>= 1), shrunk to ``min(window_size, H, W)``; an even
-            window is off-centre (its centre tap is ``window_size // 2``).
+            window is off-centre (centre tap ``window_size // 2``).
         sigma: Gaussian standard deviation (> 0).
         data_range: dynamic range L (C1 = (0.01 L)^2, C2 = (0.03 L)^2); ``None`` applies the
-            released rule to ``x``: 255 if max(x) > 128 else 1, minus -1 if min(x) < -0.5 else 0.
-        padding: "valid" (the window stays inside the image) or "same" (zero padding).
+            released rule to ``x`` (docs/design.md, section 6.1).
+        padding: ``"valid"`` (window inside the image) or ``"same"`` (zero padding).
         backend: see :func:`hfkernels.available_backends`.
 
-    Returns the mean over images, channels and positions (all images share one size, so it is
-    also the mean of the per-image means).
+    Returns:
+        0-dim tensor: the mean over images, channels and positions.
+
+    Example:
+        >>> x = torch.rand(2, 3, 32, 32)
+        >>> float(ssim(x, x))
+        1.0
     """
     return ssim_per_image(x, y, window_size, sigma, data_range, padding, backend=backend).mean()
 
 
 def ssim_loss(x, y, window_size: int = 11, sigma: float = 1.5, data_range=1.0, padding: str = "valid",
               *, backend: str | None = None) -> torch.Tensor:
-    """``1 - ssim(...)``, a 0-dim tensor."""
+    """``1 - ssim(...)``, a 0-dim tensor; arguments as :func:`ssim`."""
     return 1.0 - ssim(x, y, window_size, sigma, data_range, padding, backend=backend)
 
 
 def gradient_max_loss(a, b, f, *, backend: str | None = None) -> torch.Tensor:
-    """Sobel gradient-max loss of a fused image f against sources a, b (all (B,C,H,W)):
-    ``L1(|Sx f|, max(|Sx a|, |Sx b|)) + L1(|Sy f|, max(|Sy a|, |Sy b|))`` with replicate padding.
-    Returns a 0-dim tensor, differentiable in all three."""
+    """Sobel gradient-max loss of a fused image against its sources (docs/design.md, section 6.2).
+
+    ``L1(|Sx f|, max(|Sx a|, |Sx b|)) + L1(|Sy f|, max(|Sy a|, |Sy b|))``, replicate padding.
+
+    Args:
+        a, b: (B, C, H, W) sources; f: (B, C, H, W) fused image; one shape, dtype and device.
+        backend: see :func:`hfkernels.available_backends`.
+
+    Returns:
+        0-dim tensor, differentiable in all three.
+
+    Example:
+        >>> a = torch.rand(1, 1, 8, 8)
+        >>> float(gradient_max_loss(a, a, a))
+        0.0
+    """
     V.tensor4d(a, "a")
     V.tensor4d(b, "b")
     V.tensor4d(f, "f")
@@ -143,29 +153,33 @@ def _check_signed_unit_range(**tensors: torch.Tensor) -> None:
 
 
 class FusionLoss(nn.Module):
-    """The paper's released training loss (plain form in ``hfkernels/loss_reference.py``), before the 0.1 scale.
+    """The paper's released training loss, before the training scale of 0.1.
 
-    ``total = max_w * L1(target, F) + consist_w * (L1(gray A, gray F) + ir_compose * L1(gray B,
-    gray F)) / 2 + grad_w * gradient_max(gray A, gray B, gray F) + ssim_w * (ssim_loss(A, F) +
-    ssim_ir_w * ssim_loss(gray B, gray F)) + color_w * (L1(Cb A, Cb F) + L1(Cr A, Cr F))`` with
-    A = vis, B = ir (repeated to 3 channels), F = fused, target = B where the channel mean of B
-    exceeds that of A, else A; SSIM with sigma 1.5, valid padding and the released data-range rule.
+    ``total = max + consist + grad + ssim + color``, each term multiplied by its weight; the
+    terms are defined in docs/design.md, section 6.3 (plain form: :mod:`hfkernels.loss_reference`).
 
-    ``forward(vis, ir, fused, return_terms=False)``: vis (B,3,H,W), ir (B,1|3,H,W), fused
-    (B,3,H,W), all in [-1, 1]. Returns the 0-dim total, or ``(total, terms)`` with the weighted
-    terms ``{"max", "consist", "grad", "ssim", "color"}``. Under autocast the loss is computed in
-    float32 (float64 inputs stay float64); the result has that dtype.
+    Args:
+        max_w, consist_w, grad_w, ssim_w, ssim_ir_w, ir_compose, color_w: term weights (the
+            released defaults).
+        window_size: SSIM window (sigma 1.5, valid padding, released data-range rule).
+        backend: a backend implementing ``"ssim"`` and ``"gradient_max"`` (checked here; whether
+            it runs on the inputs' device is known only at the call).
+        check_range: raise ``ValueError`` when ``vis`` or ``ir`` leaves [-1 - 1e-3, 1 + 1e-3] or
+            holds NaN (one min/max and one host synchronisation per call). A [0, 255] input would
+            otherwise train silently against other SSIM constants. ``fused`` is not checked: a
+            Laplacian fusion may overshoot. False accepts any range, as the released code does.
 
-    ``backend`` is checked here (a known name, implementing "ssim" and "gradient_max"); whether it
-    runs on the inputs' device is known only at the call.
+    Shape:
+        ``forward(vis, ir, fused, return_terms=False)``: vis (B, 3, H, W), ir (B, 1|3, H, W),
+        fused (B, 3, H, W), all in [-1, 1]. Returns the 0-dim total, or ``(total, terms)`` with
+        the weighted terms ``{"max", "consist", "grad", "ssim", "color"}``. Computed in float32
+        with autocast off (float64 stays float64).
 
-    Input range: with ``check_range=True`` (default) a call raises ValueError when ``vis`` or
-    ``ir`` holds values outside [-1 - 1e-3, 1 + 1e-3] (or NaN): a [0, 255] or otherwise wrong
-    range would otherwise train silently against other SSIM constants (the data-range rule
-    adapts to it) and other loss weights. ``fused`` is not checked: a Laplacian fusion of
-    in-range sources may overshoot [-1, 1]. The check is one min/max reduction of the sources
-    and one host synchronisation per call (the SSIM data-range rule already synchronises
-    twice). ``check_range=False`` skips it and accepts any range, as the released code does.
+    Example:
+        >>> vis, ir = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 1, 64, 64) * 2 - 1
+        >>> total, terms = FusionLoss()(vis, ir, vis, return_terms=True)
+        >>> sorted(terms)
+        ['color', 'consist', 'grad', 'max', 'ssim']
     """
 
     def __init__(self, max_w=10.0, consist_w=2.0, grad_w=40.0, ssim_w=1.0, ssim_ir_w=1.0, ir_compose=2.0,

@@ -51,6 +51,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .heuristic import heuristic_guidance
+from .reference import luma
+
 #: base width of each preset (the widths of the 5 encoder stages are b, 2b, 4b, 8b, 8b).
 PRESETS = {"paper": 64, "small": 12, "tiny": 4}
 #: how output channel 0 becomes ``mu`` (see the module docstring)
@@ -185,8 +188,6 @@ def heuristic_from_input(x: torch.Tensor) -> torch.Tensor:
     """The heuristic guidance map (B, 1, H, W), float32, of a network input x (B, 2, H, W) made by
     :func:`guidance_input` (its channels are the two lumas in [-1, 1], which is all the heuristic
     reads). Computed in float32 outside any autocast region, without gradient."""
-    from .fusion import heuristic_guidance
-
     with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         x = x.float()
         return heuristic_guidance(x[:, :1], x[:, 1:2], value_range=(-1.0, 1.0))
@@ -221,14 +222,28 @@ def count_parameters(model: nn.Module) -> int:
 def guidance_input(vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
     """Network input (B, 2, H, W) in [-1, 1]: [luma(vis), luma(ir)] from vis (B, 1|3, H, W) and
     ir (B, 1|3, H, W) in [0, 1] (BT.601 luma for 3 channels)."""
-    from .reference import luma
-
     for name, t in (("vis", vis), ("ir", ir)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[1] not in (1, 3):
             raise ValueError(f"{name} must be (B, 1|3, H, W), got {getattr(t, 'shape', type(t))}")
     if vis.shape[0] != ir.shape[0] or vis.shape[-2:] != ir.shape[-2:]:
         raise ValueError(f"ir has shape {tuple(ir.shape)}, incompatible with vis {tuple(vis.shape)}")
     return torch.cat([luma(vis), luma(ir).to(vis.dtype)], dim=1) * 2 - 1
+
+
+def forward_pair(net: nn.Module, vis: torch.Tensor, ir: torch.Tensor, *, fast: bool = True, **kwargs):
+    """``net(guidance_input(vis, ir), **kwargs)`` run the way the trainer runs it.
+
+    vis (B, 1|3, H, W) and ir (B, 1|3, H, W) in [0, 1]. With ``fast`` on a CUDA input, the network
+    input is made channels-last (the trainer's network is) and the forward runs under bf16
+    autocast; elsewhere, or with ``fast=False``, it is a plain float32 forward. Returns what
+    ``net`` returns (``(mu, logvar)``, or ``(mu, logvar, z)`` with ``return_logit=True``).
+    """
+    x = guidance_input(vis, ir)
+    cuda = fast and x.device.type == "cuda"
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        return net(x, **kwargs)
 
 
 def kl_term(logit: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -245,37 +260,5 @@ def kl_term(logit: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.mean(1 + logvar - logit.pow(2) - logvar.exp())
 
 
-def load_guidance(run_dir, device=None):
-    """Load a trained guidance network from a training run folder (or a ``.safetensors`` model
-    file with ``config.json`` beside it) and return ``mu_fn(vis, ir) -> mu``.
-
-    ``mu_fn`` takes vis (B, 1|3, H, W) and ir (B, 1|3, H, W) in [0, 1] and returns mu
-    (B, 1, H, W) in [0, 1] (float32, on the inputs' device, no gradient). The network runs in
-    eval mode (BatchNorm running statistics) on ``device`` (default: the inputs' device). The
-    guide kind stored with the weights is used (``mu_fn.guide``; files written before residual
-    guides existed hold scratch guides).
-    """
-    from .checkpoint import load_model
-
-    model = load_model(run_dir, map_location="cpu")
-    model.eval()
-    dev = torch.device(device) if device is not None else None
-    if dev is not None:
-        model.to(dev)
-
-    @torch.no_grad()
-    def mu_fn(vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        target = dev or vis.device
-        if next(model.parameters()).device != target:
-            model.to(target)
-        x = guidance_input(vis.to(target, torch.float32), ir.to(target, torch.float32))
-        mu, _ = model(x)
-        return mu.float().clamp(0, 1).to(vis.device)
-
-    mu_fn.model = model
-    mu_fn.guide = model.guide
-    return mu_fn
-
-
 __all__ = ["PRESETS", "GUIDES", "EPS", "GuidanceUNet", "build_model", "count_parameters", "guidance_input",
-           "heuristic_from_input", "residual_mu", "kl_term", "load_guidance"]
+           "forward_pair", "heuristic_from_input", "residual_mu", "kl_term"]

@@ -14,10 +14,16 @@ import torch.nn.functional as F
 from ._validate import levels as _check_levels
 from ._validate import max_levels
 
-# BT.601 full-range coefficients.
+# BT.601 full-range coefficients (R, G, B weights) of Y, Cb and Cr: the one definition in the
+# package (the losses, the models' input and the fusion helpers all use these).
 LUMA = (0.299, 0.587, 0.114)
-_CB = (-0.168736, -0.331264, 0.5)
-_CR = (0.5, -0.418688, -0.081312)
+CB = (-0.168736, -0.331264, 0.5)
+CR = (0.5, -0.418688, -0.081312)
+
+
+def _mix(x: torch.Tensor, w) -> torch.Tensor:
+    """w[0] R + w[1] G + w[2] B of a (B,3,H,W) image, shape (B,1,H,W)."""
+    return w[0] * x[:, 0:1] + w[1] * x[:, 1:2] + w[2] * x[:, 2:3]
 
 
 def gaussian_taps(size: int, sigma: float, *, dtype=torch.float64, device=None) -> torch.Tensor:
@@ -125,17 +131,18 @@ def luma(x: torch.Tensor) -> torch.Tensor:
     """BT.601 luma of a (B,3,H,W) image; a 1-channel image is returned as is. Shape (B,1,H,W)."""
     if x.shape[1] == 1:
         return x
-    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    return LUMA[0] * r + LUMA[1] * g + LUMA[2] * b
+    return _mix(x, LUMA)
+
+
+def chroma(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BT.601 (Cb, Cr) of a (B,3,H,W) image without the 0.5 offset, each (B,1,H,W)."""
+    return _mix(x, CB), _mix(x, CR)
 
 
 def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:
     """(B,3,H,W) RGB in [0,1] -> YCbCr (BT.601 full range, Cb/Cr offset by 0.5)."""
-    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    y = LUMA[0] * r + LUMA[1] * g + LUMA[2] * b
-    cb = _CB[0] * r + _CB[1] * g + _CB[2] * b + 0.5
-    cr = _CR[0] * r + _CR[1] * g + _CR[2] * b + 0.5
-    return torch.cat([y, cb, cr], dim=1)
+    cb, cr = chroma(x)
+    return torch.cat([_mix(x, LUMA), cb + 0.5, cr + 0.5], dim=1)
 
 
 def ycbcr_to_rgb(x: torch.Tensor) -> torch.Tensor:
@@ -210,7 +217,7 @@ def heuristic_blend(vis: torch.Tensor, ir: torch.Tensor, value_range=(0.0, 1.0))
 
 
 __all__ = [
-    "LUMA", "gaussian_taps", "pyramid_kernel", "down", "up", "resize", "laplacian_pyramid",
-    "reconstruct", "fuse", "max_levels", "luma", "rgb_to_ycbcr", "ycbcr_to_rgb", "sobel", "gaussian_blur",
+    "LUMA", "CB", "CR", "gaussian_taps", "pyramid_kernel", "down", "up", "resize", "laplacian_pyramid",
+    "reconstruct", "fuse", "max_levels", "luma", "chroma", "rgb_to_ycbcr", "ycbcr_to_rgb", "sobel", "gaussian_blur",
     "heuristic_guidance", "heuristic_blend"
 ]

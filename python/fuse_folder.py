@@ -3,7 +3,7 @@
 
     python python/fuse_folder.py --checkpoint runs/default --vis VIS_DIR --ir IR_DIR --out fused/ [--save-mu]
     python python/fuse_folder.py --vis VIS_DIR --ir IR_DIR --out fused/            # heuristic guidance
-    python python/fuse_folder.py --data ../shared/data/MSRS --checkpoint RUN --out fused/
+    python python/fuse_folder.py --data $HFK_DATA/MSRS --checkpoint RUN --out fused/
 
 ``--data DIR`` takes any folder layout that training accepts (``DIR/vi`` + ``DIR/ir``, MSRS's
 ``test`` split, a Harvard ``X-MRI`` folder) and fills in ``--vis``/``--ir``; a folder with several

@@ -10,7 +10,7 @@ Methods (rows):
 - ``trained``    the trained guidance network of ``--checkpoint RUN`` with ``fuse_color``
                  (left out without ``--checkpoint``).
 
-    python python/table8.py --data ../shared/data/MSRS --data ../shared/data/Harvard \
+    python python/table8.py --data $HFK_DATA/MSRS --data $HFK_DATA/Harvard \
         --checkpoint runs/msrs [--metrics EN,MI,VIF,Qabf,SSIM] [--limit 20] [--json table8.json]
 
 Each ``--data`` folder may hold several sets (Harvard: CT-MRI, PET-MRI, SPECT-MRI); every set gets
@@ -25,45 +25,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-
-import hfkernels as hk  # noqa: E402
+from hfkernels import evaluation as E  # noqa: E402
 from hfkernels.cli import parse_device, run_guarded  # noqa: E402
-from hfkernels.cli.eval import dump_json  # noqa: E402
 from hfkernels.data import PairDataset, find_sets  # noqa: E402
-from hfkernels.metrics import evaluate  # noqa: E402
+from hfkernels.guidance import load_guidance  # noqa: E402
 
 DEFAULT_METRICS = "EN,MI,VIF,Qabf,SSIM,SD,SF,AG"
+#: (row name, hfkernels.evaluation.method) of the rows before "trained"
+ROWS = (("visible", "vis"), ("infrared", "ir"), ("laplacian", "laplacian"), ("heuristic", "blend"))
 
 
 def methods(checkpoint=None, device="cpu", backend=None):
     """name -> f(vis (1,3,H,W), ir (1,1,H,W)) -> fused, all in [0, 1]."""
-    out = {
-        "visible": lambda v, i: v,
-        "infrared": lambda v, i: i,
-        "laplacian": lambda v, i: hk.fuse(v, i, hk.heuristic_guidance(v, i), backend=backend).clamp(0, 1),
-        "heuristic": lambda v, i: hk.heuristic_blend(v, i).clamp(0, 1),
-    }
+    out = {name: E.method(spec, backend=backend) for name, spec in ROWS}
     if checkpoint:
-        from hfkernels.models import load_guidance
-
-        mu_fn = load_guidance(checkpoint, device=device)
-        out["trained"] = lambda v, i: hk.fuse_color(v, i, mu_fn(v, i), backend=backend)
+        out["trained"] = E.colour(load_guidance(checkpoint, device=device), backend=backend)
     return out
 
 
-@torch.no_grad()
 def compare(dataset, fns, metrics, limit=None, device="cpu"):
-    """``{method: {metric: mean}}`` over the pairs of ``dataset``."""
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    sums = {m: {} for m in fns}
-    for k in range(n):
-        vis, ir = (t[None].to(device).float() / 255 for t in dataset[k])
-        for name, fn in fns.items():
-            vals = evaluate(vis, ir, fn(vis, ir), names=metrics)
-            for key, v in vals.items():
-                sums[name][key] = sums[name].get(key, 0.0) + float(v.sum())
-    return {m: {k: v / n for k, v in s.items()} for m, s in sums.items()}, n
+    """``({method: {metric: mean}}, pairs)`` over the pairs of ``dataset``."""
+    pairs = E.pairs_from_dataset(dataset, limit)
+    scores = E.score(pairs, fns, metrics, device=device)
+    return {m: E.means(rows) for m, rows in scores.items()}, len(pairs)
 
 
 def markdown(title, table, n):
@@ -104,7 +88,7 @@ def main(argv=None) -> int:
             print(markdown(s.name, table, n))
             print(f"\n({time.perf_counter() - t0:.1f} s)\n", flush=True)
     if args.json:
-        dump_json(args.json, result)
+        E.dump_json(args.json, result)
     return 0
 
 

@@ -55,5 +55,5 @@ def backend_device_pairs(op: str):
 def data_dir():
     root = data_root()
     if root is None:
-        pytest.skip("real image pairs not found: set HFK_DATA or place them at ../shared/data")
+        pytest.skip("real image pairs not found: set HFK_DATA, or place them in shared/data next to the checkout")
     return root

@@ -1,4 +1,8 @@
 """Argument checking and backend selection of the public API."""
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -125,7 +129,34 @@ def test_fuse_color_errors_and_ir_luma():
     torch.testing.assert_close(out, hk.reference.luma(i).expand(-1, 3, -1, -1), atol=1e-5, rtol=0)
 
 
+#: names hfkernels exports lazily -> the module that defines them (loaded on first access)
+LAZY = {"ssim": "hfkernels.losses", "ssim_loss": "hfkernels.losses", "gradient_max_loss": "hfkernels.losses",
+        "FusionLoss": "hfkernels.losses", "metrics": "hfkernels.metrics", "models": "hfkernels.models"}
+
+_LAZY_PROBE = """
+import json, sys
+import hfkernels
+lazy = json.loads(sys.argv[1])
+modules = sorted(set(lazy.values()))
+out = {"after_import": [m for m in modules if m in sys.modules], "values": {}}
+for name, module in lazy.items():
+    value = getattr(hfkernels, name)
+    out["values"][name] = value is sys.modules[module] or value is getattr(sys.modules[module], name, None)
+out["after_access"] = [m for m in modules if m in sys.modules]
+print(json.dumps(out))
+"""
+
+
 def test_lazy_exports():
     assert hk.reference is not None
     with pytest.raises(AttributeError):
         hk.does_not_exist
+    assert set(LAZY) <= set(hk.__all__)
+    # in a fresh interpreter: `import hfkernels` loads none of the modules behind the lazy names,
+    # and each name, once accessed, is that module's object (or the module itself)
+    res = subprocess.run([sys.executable, "-c", _LAZY_PROBE, json.dumps(LAZY)], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got == {"after_import": [], "values": dict.fromkeys(LAZY, True),
+                   "after_access": sorted(set(LAZY.values()))}

@@ -65,6 +65,18 @@ def test_installed_extension_fuses_like_the_reference():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_installed_package_ships_the_default_guide():
+    """The trained guide and its record are package data: an installed wheel fuses with it."""
+    from hfkernels import guidance as G
+
+    assert G.packaged_guides() == [G.DEFAULT_GUIDE]
+    card = G.guide_card()
+    vis, ir = torch.rand(1, 3, 20, 28), torch.rand(1, 1, 20, 28)
+    mu = G.default_guidance()(vis, ir)
+    assert getattr(G.default_guidance(), "name", None) == G.DEFAULT_GUIDE
+    assert mu.shape == (1, 1, 20, 28) and card["model"]["guide"] == "residual"
+
+
 # --- setup.py's choices ------------------------------------------------------------------------
 
 
@@ -159,7 +171,8 @@ def test_default_arch_list_without_a_gpu(tmp_path):
 
 @pytest.mark.skipif(not (REPO / "setup.py").exists(), reason="needs the source checkout")
 def test_sdist_ships_every_extension_source(tmp_path):
-    """Every file under csrc/ is in the sdist, so a build from it finds every header and .cu."""
+    """Every file under csrc/ is in the sdist, so a build from it finds every header and .cu; so
+    are the packaged guide and the design doc."""
     subprocess.run(
         [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path), "sdist", "--dist-dir", str(tmp_path)],
         cwd=REPO, check=True, capture_output=True, env={**os.environ, "HFK_CUDA": "0"},
@@ -168,6 +181,8 @@ def test_sdist_ships_every_extension_source(tmp_path):
     with tarfile.open(tarball) as tf:
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
     want = {p.relative_to(REPO).as_posix() for p in (REPO / "csrc").rglob("*") if p.is_file()}
+    want |= {p.relative_to(REPO).as_posix() for p in (REPO / "hfkernels" / "guides").iterdir()}
+    want |= {"docs/design.md"}
     assert {"csrc/cpu/fuse_plan.h", "csrc/cuda/fuse_kernels.cu", "csrc/cuda/fuse_kernels.cuh"} <= want
     assert not want - names, f"missing from the sdist: {sorted(want - names)}"
     assert not [n for n in names if n.endswith((".so", ".o"))]

@@ -6,9 +6,13 @@ the CUDA backend where a GPU exists, and an nvcc compile of every CUDA source (C
 no GPU, so a CUDA compile error cannot land).
 """
 import glob
+import importlib.util
+import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,7 +20,10 @@ import torch
 import hfkernels as hk
 from hfkernels import _ext
 from hfkernels import reference as ref
+from hfkernels.backends import get_backend
 from hfkernels.ops import fuse_ext
+
+from .test_fuse_backends import _inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_ext = pytest.mark.skipif(not fuse_ext.AVAILABLE, reason=f"C++ extension not built ({_ext.ERROR})")
@@ -24,15 +31,6 @@ needs_cuda = pytest.mark.skipif(
     not (fuse_ext.AVAILABLE and _ext.HAS_CUDA and torch.cuda.is_available()),
     reason="needs the extension built with CUDA and a CUDA device",
 )
-
-
-def _inputs(shape, cir, dtype=torch.float32, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    b, c, h, w = shape
-    vis = torch.rand(b, c, h, w, generator=g, dtype=torch.float64)
-    ir = torch.rand(b, cir, h, w, generator=g, dtype=torch.float64)
-    mu = torch.rand(b, 1, h, w, generator=g, dtype=torch.float64)
-    return [t.to(device=device, dtype=dtype) for t in (vis, ir, mu)]
 
 
 def _grads(fn, ins, g):
@@ -48,29 +46,88 @@ def _grads(fn, ins, g):
 CU_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 
 
+def _load_setup():
+    # setup.py's own choices (C++ standard, architectures), so the check compiles what ships.
+    spec = importlib.util.spec_from_file_location("hfk_setup", os.path.join(ROOT, "setup.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # setup() runs only under __main__
+    return mod
+
+
 @pytest.mark.parametrize("src", CU_SOURCES, ids=[os.path.basename(s) for s in CU_SOURCES])
 def test_cuda_source_compiles_with_nvcc(src, tmp_path):
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc not found: CUDA sources cannot be compile-checked here")
+    setup_py = _load_setup()
+    cuda_home = setup_py.find_cuda_home(torch.version.cuda or "") or os.path.dirname(
+        os.path.dirname(os.path.realpath(nvcc))
+    )
+    archs = setup_py.nvcc_arch_flags(setup_py.cuda_arch_list(torch, cuda_home))
     obj = tmp_path / (os.path.basename(src) + ".o")
-    cmd = [nvcc, "-c", "-arch=sm_90", "-std=c++17", "-O3", src, "-o", str(obj)]
+    cmd = [nvcc, "-c", *setup_py.nvcc_flags(torch), *archs, src, "-o", str(obj)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
     assert obj.stat().st_size > 0
 
 
+def _ops_in(blocks_re: str, entry_re: str, files) -> set[str]:
+    """Op names that ``entry_re`` finds inside the ``{...}`` blocks ``blocks_re`` opens."""
+    found = set()
+    for path in files:
+        text = open(path, encoding="utf-8").read()
+        for block in re.finditer(blocks_re + r"\s*\{(.*?)\n\}", text, re.S):
+            found.update(re.findall(entry_re, block.group(1)))
+    return found
+
+
 def test_there_are_cuda_sources():
-    assert any(s.endswith("fuse_kernels.cu") for s in CU_SOURCES)
+    # every op of the extension's schema has a CUDA kernel registered in csrc/cuda, and nothing
+    # else is registered there (a schema op without one would fail only at run time on a GPU)
+    every = glob.glob(os.path.join(ROOT, "csrc", "**", "*.c*"), recursive=True)
+    schema = _ops_in(r"TORCH_LIBRARY(?:_FRAGMENT)?\(hfkernels_ext,\s*\w+\)", r'\.def\(\s*"(\w+)\(', every)
+    cuda_files = [p for p in every if os.sep + "cuda" + os.sep in p]
+    cuda = _ops_in(r"TORCH_LIBRARY_IMPL\(hfkernels_ext,\s*CUDA,\s*\w+\)", r'\.impl\(\s*"(\w+)"', cuda_files)
+    assert CU_SOURCES and {"fuse", "fuse_backward"} <= schema
+    assert cuda == schema, f"ops without a CUDA kernel: {sorted(schema - cuda)}; not in the schema: {sorted(cuda - schema)}"
 
 
 # ---------------------------------------------------------------------------------------------
 # CPU backend
 
 
-def test_registers_nothing_without_extension(monkeypatch):
-    monkeypatch.setattr(_ext, "ERROR", "ImportError: simulated")
-    assert fuse_ext._has_ops() is False
+_WITHOUT_EXTENSION = """
+import json, sys, warnings
+sys.modules["hfkernels._C"] = None  # importing it now fails, as when it was never built
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import torch
+    import hfkernels
+    from hfkernels.backends import get_backend
+    from hfkernels.ops import fuse_ext
+    out = {
+        "available": fuse_ext.AVAILABLE,
+        "ops": {b: sorted(get_backend(b).ops) for b in ("cpu", "cuda")},
+        "torch_ops": [n for n in ("fuse", "fuse_backward") if hasattr(torch.ops.hfkernels_ext, n)],
+        "fuse_works": bool(torch.isfinite(hfkernels.fuse(*[torch.rand(1, 1, 8, 8)] * 3)).all()),
+        "warned": any("hfkernels._C" in str(w.message) for w in caught),
+    }
+print(json.dumps(out))
+"""
+
+
+def test_registers_nothing_without_extension():
+    # a fresh interpreter in which hfkernels._C cannot be imported: the extension backends get
+    # no op at all (neither in hfkernels' registry nor in torch.library), fuse still works
+    # through another backend, and one warning says why
+    res = subprocess.run([sys.executable, "-c", _WITHOUT_EXTENSION], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got == {"available": False, "ops": {"cpu": [], "cuda": []}, "torch_ops": [],
+                   "fuse_works": True, "warned": True}
+    if fuse_ext.AVAILABLE:  # the same check sees the registration where the extension is built
+        assert "fuse" in get_backend("cpu").ops and hasattr(torch.ops.hfkernels_ext, "fuse")
 
 
 @needs_ext
@@ -105,7 +162,7 @@ def test_cpu_float64_is_exact(shape):
 @needs_ext
 @pytest.mark.parametrize("c", [0.0, 0.3, 1.0])
 def test_constant_mu_is_a_plain_mix(c):
-    # mu == c gives (1 - c) vis + c ir exactly (DESIGN.md), so the pyramid must cancel out
+    # mu == c gives (1 - c) vis + c ir exactly (docs/design.md, 4.4), so the pyramid must cancel out
     vis, ir, _ = _inputs((1, 3, 31, 20), 1, torch.float64)
     mu = torch.full((1, 1, 31, 20), c, dtype=torch.float64)
     got = hk.fuse(vis, ir, mu, 4, backend="cpu")

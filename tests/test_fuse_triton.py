@@ -43,10 +43,22 @@ def _grads(fn, ins, g):
     return out.detach(), [t.grad for t in ins]
 
 
+def _assert_float64_matches_reference(ins, levels, g, tol, grad_rtol):
+    """The Triton fuse of float64 ``ins`` (vis, ir, mu) and its gradients for the incoming
+    gradient ``g`` (B, C, H, W) equal the reference's: value within ``tol`` (absolute and
+    relative), each input's gradient within ``tol`` absolute and ``grad_rtol`` relative."""
+    out, grads = _grads(lambda a, b, m: hk.fuse(a, b, m, levels, backend="triton"), ins, g)
+    want, want_grads = _grads(lambda a, b, m: ref.fuse(a, b, m, levels), ins, g)
+    torch.testing.assert_close(out, want, atol=tol, rtol=tol)
+    for name, a, b in zip(("vis", "ir", "mu"), grads, want_grads):
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a, b, atol=tol, rtol=grad_rtol, msg=f"grad of {name}")
+
+
 @pytest.fixture
 def gpu_tiles(monkeypatch):
     """Force the small tiles a GPU launch uses (8 x 16 here), so one level spans many tiles."""
-    monkeypatch.setattr(ft, "_tile_shape", lambda rows, cols: (8, 16))
+    monkeypatch.setattr(ft._TILES, "shape", lambda rows, cols: (8, 16))
 
 
 @pytest.mark.parametrize("shape,cir,levels", [
@@ -54,13 +66,8 @@ def gpu_tiles(monkeypatch):
     ((1, 2, 18, 33), 2, 2),   # even H, odd W, per-channel ir, several column tiles
 ])
 def test_gpu_tile_shapes_forward_and_backward(gpu_tiles, shape, cir, levels):
-    ins = _inputs(shape, cir, seed=4)
     g = torch.rand(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(DEV)
-    out, grads = _grads(lambda a, b, m: hk.fuse(a, b, m, levels, backend="triton"), ins, g)
-    want, want_grads = _grads(lambda a, b, m: ref.fuse(a, b, m, levels), ins, g)
-    torch.testing.assert_close(out, want, atol=1e-10, rtol=1e-10)
-    for name, a, b in zip(("vis", "ir", "mu"), grads, want_grads):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=f"grad of {name}")
+    _assert_float64_matches_reference(_inputs(shape, cir, seed=4), levels, g, tol=1e-10, grad_rtol=1e-10)
 
 
 @pytest.mark.parametrize("shape,cir,levels", [
@@ -69,14 +76,8 @@ def test_gpu_tile_shapes_forward_and_backward(gpu_tiles, shape, cir, levels):
     ((2, 1, 11, 6), 1, 6),    # more levels than halvings: the top levels are 1x1
 ])
 def test_backward_float64_matches_reference(shape, cir, levels):
-    ins = _inputs(shape, cir, seed=6)
     g = torch.randn(shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(DEV)
-    out, grads = _grads(lambda a, b, m: hk.fuse(a, b, m, levels, backend="triton"), ins, g)
-    want, want_grads = _grads(lambda a, b, m: ref.fuse(a, b, m, levels), ins, g)
-    torch.testing.assert_close(out, want, atol=1e-12, rtol=1e-12)
-    for name, a, b in zip(("vis", "ir", "mu"), grads, want_grads):
-        assert a.shape == b.shape, name
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10, msg=f"grad of {name}")
+    _assert_float64_matches_reference(_inputs(shape, cir, seed=6), levels, g, tol=1e-12, grad_rtol=1e-10)
 
 
 def test_strided_incoming_gradient():

@@ -15,6 +15,8 @@ import torch
 
 from hfkernels import loss_reference as LR
 from hfkernels.backends import get_backend
+from hfkernels.ops.loss_torch import kept_taps, ssim_autograd_kept
+from hfkernels.reference import gaussian_taps
 
 _cpu = get_backend("cpu")
 pytestmark = pytest.mark.skipif(
@@ -25,6 +27,12 @@ pytestmark = pytest.mark.skipif(
 
 def _ssim(x, y, w, padding="valid", sigma=1.5, L=2.0):
     return _cpu.ops["ssim"](x, y, w, sigma, (0.01 * L) ** 2, (0.03 * L) ** 2, padding)
+
+
+def _window(w, sigma=1.5, dtype=torch.float32):
+    """The raw ops' window arguments (taps, lo, window_size), as the "cpu" backend passes them."""
+    taps, lo = kept_taps(w, sigma, dtype)
+    return list(taps), lo, w
 
 
 def _pair(shape, dtype, seed=0, corr=0.6):
@@ -63,6 +71,31 @@ def test_ssim_matches_dense_reference(H, W, w, padding, dtype):
     torch.testing.assert_close(got[0], ref[0], atol=vtol, rtol=0)
     for g, r in zip(got[1:], ref[1:]):
         torch.testing.assert_close(g, r, atol=gtol * r.abs().max().item(), rtol=0)
+
+
+def test_kept_taps_rule():
+    # One rule for every backend: drop the outer taps below half an ulp of the centre tap.
+    full = gaussian_taps(48, 1.5)
+    for dtype, n in ((torch.float32, 17), (torch.float64, 25)):
+        taps, lo = kept_taps(48, 1.5, dtype)
+        assert (len(taps), lo) == (n, 24 - n // 2)
+        assert taps == tuple(full[lo : lo + n].tolist())
+        cut = float(full[24]) * torch.finfo(dtype).eps / 2
+        assert min(taps) >= cut and float(full[lo - 1]) < cut and float(full[lo + n]) < cut
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_raw_op_applies_the_taps_it_is_given(padding):
+    # Arbitrary taps at an offset inside a window of 5: the kernels must use exactly these.
+    x, y = _pair((2, 2, 9, 11), torch.float64, seed=4)
+    taps, lo, w = [0.2, 0.5, 0.3], 1, 5
+    same = padding == "same"
+    got = _value_and_grads(
+        lambda a, b: torch.ops.hfkernels_ext.ssim_forward(a, b, taps, lo, w, 1e-4, 9e-4, same, True)[0], x, y
+    )
+    ref = _value_and_grads(lambda a, b: ssim_autograd_kept(a, b, taps, lo, w, 1e-4, 9e-4, padding), x, y)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, atol=1e-12, rtol=1e-10)
 
 
 def test_ssim_non_contiguous_and_sigma():
@@ -135,7 +168,7 @@ def test_raw_ops_opcheck():
     ops = torch.ops.hfkernels_ext
     x, y = _pair((1, 2, 8, 9), torch.float32)
     for same in (False, True):
-        torch.library.opcheck(ops.ssim_forward, (x, y, 3, 1.5, 1e-4, 9e-4, same, True))
+        torch.library.opcheck(ops.ssim_forward, (x, y, *_window(3), 1e-4, 9e-4, same, True))
     a, b, f = (torch.randn(1, 2, 5, 6, requires_grad=True) for _ in range(3))
     torch.library.opcheck(ops.gradient_max_forward, (a, b, f))
 
@@ -143,10 +176,11 @@ def test_raw_ops_opcheck():
 def test_coefficients_only_saved_when_needed_and_recomputed_if_missing():
     ops = torch.ops.hfkernels_ext
     x, y = _pair((1, 2, 12, 13), torch.float64)
-    _, coefs = ops.ssim_forward(x.detach(), y.detach(), 5, 1.5, 1e-4, 9e-4, False, False)
+    win = _window(5, dtype=torch.float64)
+    _, coefs = ops.ssim_forward(x.detach(), y.detach(), *win, 1e-4, 9e-4, False, False)
     assert coefs.numel() == 0
     # A forward that did not save (save_coefs=False) still differentiates: the backward recomputes.
-    v, _ = ops.ssim_forward(x, y, 5, 1.5, 1e-4, 9e-4, False, False)
+    v, _ = ops.ssim_forward(x, y, *win, 1e-4, 9e-4, False, False)
     got = torch.autograd.grad(v.sum(), (x, y))
     v2 = _ssim(x, y, 5, L=1.0)
     ref = torch.autograd.grad(v2.sum(), (x, y))
@@ -158,13 +192,15 @@ def test_bad_arguments_raise():
     ops = torch.ops.hfkernels_ext
     x = torch.rand(1, 1, 8, 8)
     with pytest.raises(RuntimeError, match="same shape"):
-        ops.ssim_forward(x, torch.rand(1, 1, 8, 9), 3, 1.5, 1e-4, 9e-4, False, False)
+        ops.ssim_forward(x, torch.rand(1, 1, 8, 9), *_window(3), 1e-4, 9e-4, False, False)
     with pytest.raises(RuntimeError, match="window_size must be >= 1"):
-        ops.ssim_forward(x, x, 0, 1.5, 1e-4, 9e-4, False, False)
+        ops.ssim_forward(x, x, [1.0], 0, 0, 1e-4, 9e-4, False, False)
     with pytest.raises(RuntimeError, match="larger than the image"):
-        ops.ssim_forward(x, x, 9, 1.5, 1e-4, 9e-4, False, False)
+        ops.ssim_forward(x, x, *_window(9), 1e-4, 9e-4, False, False)
+    with pytest.raises(RuntimeError, match="do not fit in a window"):
+        ops.ssim_forward(x, x, [0.5, 0.5], 2, 3, 1e-4, 9e-4, False, False)
     with pytest.raises(RuntimeError, match="dtype"):
-        ops.ssim_forward(x.half(), x.half(), 3, 1.5, 1e-4, 9e-4, False, False)
+        ops.ssim_forward(x.half(), x.half(), *_window(3), 1e-4, 9e-4, False, False)
     with pytest.raises(RuntimeError, match="same shape"):
         ops.gradient_max_forward(x, x, torch.rand(1, 1, 8, 7))
     with pytest.raises(ValueError, match="padding"):

@@ -4,6 +4,7 @@ import torch
 
 from hfkernels.checkpoint import save_checkpoint
 from hfkernels.fusion import heuristic_guidance
+from hfkernels.guidance import load_guidance
 from hfkernels.models import (
     EPS,
     PRESETS,
@@ -13,7 +14,6 @@ from hfkernels.models import (
     guidance_input,
     heuristic_from_input,
     kl_term,
-    load_guidance,
     residual_mu,
 )
 from hfkernels.reference import luma

@@ -109,6 +109,21 @@ def test_colour_round_trip_and_gray():
     assert torch.allclose(ref.rgb_to_ycbcr(g), torch.tensor([0.4, 0.5, 0.5], dtype=torch.float64).view(1, 3, 1, 1).expand(1, 3, 2, 2), atol=1e-6)
 
 
+def test_bt601_luma_and_chroma_have_one_definition():
+    from hfkernels import loss_reference
+
+    # The released loss uses the same functions, not a copy of the coefficients.
+    assert loss_reference.luma is ref.luma and loss_reference.chroma is ref.chroma
+    x = torch.rand(2, 3, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    torch.testing.assert_close(ref.luma(x), 0.299 * r + 0.587 * g + 0.114 * b, atol=1e-15, rtol=0)
+    cb, cr = ref.chroma(x)
+    torch.testing.assert_close(cb, -0.168736 * r - 0.331264 * g + 0.5 * b, atol=1e-15, rtol=0)
+    torch.testing.assert_close(cr, 0.5 * r - 0.418688 * g - 0.081312 * b, atol=1e-15, rtol=0)
+    torch.testing.assert_close(ref.rgb_to_ycbcr(x), torch.cat([ref.luma(x), cb + 0.5, cr + 0.5], 1), atol=0, rtol=0)
+    assert torch.equal(ref.luma(x[:, :1]), x[:, :1])  # one channel: already luma
+
+
 def test_fuse_color_keeps_chroma_and_clamps():
     vis, ir = rand(2, 3, 9, 7), rand(2, 1, 9, 7)
     zero = torch.zeros(2, 1, 9, 7, dtype=torch.float64)

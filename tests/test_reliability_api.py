@@ -86,7 +86,7 @@ def _second_order_fuse(backend, device, dtype=torch.float64):
 
 @pytest.mark.parametrize("backend,device", FUSE)
 def test_fuse_double_backward_matches_reference(backend, device):
-    # the example: the cpu backend used to return zeros here (with only a UserWarning)
+    # a regression case: the cpu backend used to return zeros here (with only a UserWarning)
     got = _second_order_fuse(backend, device)
     want = _second_order_fuse("torch", "cpu")
     for g, w in zip(got, want):

@@ -298,7 +298,9 @@ def test_eval_json_is_strict_json(tmp_path, monkeypatch):
         out["SD"] = torch.full_like(out["SD"], float("inf"))
         return out
 
-    monkeypatch.setattr(M, "evaluate", degenerate)
+    import hfkernels.evaluation as E
+
+    monkeypatch.setattr(E, "evaluate", degenerate)  # the scoring loop's reference to the metrics
     js, bj = tmp_path / "m.json", tmp_path / "b.json"
     base = ["eval", "--data", str(d), "--metrics", "EN,SD,SSIM", "--device", "cpu"]
     assert main([*base, "--method", "vis", "--json", str(js), "--quiet"]) == 0

@@ -18,22 +18,41 @@ from hfkernels.report.plots import nice_ticks, quantile
 METRICS = ["EN", "Qabf", "SD", "MSE"]  # fast ones, and one where lower is better
 
 
+def data_links(data: dict) -> list[str]:
+    """The src/href of every picture the page's script lays out from a set's data: a thumbnail
+    (src) opening its full-size file (href), a crop (src) opening itself (href)."""
+    base, links = data["base"], []
+    for _, _, pics in data["rows"]:
+        if not pics:
+            continue
+        for pic in [pics["v"], pics["i"], *pics["f"], *(m for m in pics["m"] if m)]:
+            links += [base + pic[0], base + pic[1]]
+        for crop in [pics["cv"], pics["ci"], *pics["c"]]:
+            links += [base + crop] * 2
+    return links
+
+
 class Page(HTMLParser):
     """The parts of the page the tests look at: tables (header and body rows, cells with their
-    attributes and text, rows grouped by tbody), every src/href, and the number of SVG plots."""
+    attributes and text, rows grouped by tbody), every src/href (with those of the per-image
+    rows, laid out from the sets' data), the sets' data, and the number of SVG plots."""
 
     def __init__(self, text: str):
         super().__init__()
-        self.tables, self.links, self.svgs = [], [], 0
-        self._table = self._cell = None
+        self.tables, self.links, self.svgs, self.data = [], [], 0, []
+        self._table = self._cell = self._json = None
         self._in_body = False
         self.feed(text)
+        for d in self.data:
+            self.links += data_links(d)
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         self.links += [a[k] for k in ("src", "href") if k in a]
         t = self._table
-        if tag == "svg":
+        if tag == "script" and a.get("type") == "application/json":
+            self._json = ""
+        elif tag == "svg":
             self.svgs += 1
         elif tag == "table":
             self._table = {"attrs": a, "rows": [], "bodies": []}
@@ -51,7 +70,10 @@ class Page(HTMLParser):
             t["rows"][-1]["cells"].append(self._cell)
 
     def handle_endtag(self, tag):
-        if tag == "table":
+        if tag == "script" and self._json is not None:
+            self.data.append(json.loads(self._json))
+            self._json = None
+        elif tag == "table":
             self._table = None
         elif tag == "tbody":
             self._in_body = False
@@ -59,6 +81,8 @@ class Page(HTMLParser):
             self._cell = None
 
     def handle_data(self, data):
+        if self._json is not None:
+            self._json += data
         if self._cell is not None:
             self._cell["text"] += data
         if self._in_body and self._table is not None:
@@ -137,19 +161,20 @@ def test_eval_report_synthetic(tmp_path, ckpt_run, capsys):
             assert float(cell["text"]) == pytest.approx(vals[lab], abs=1.5e-4 * max(1, abs(vals[lab])))
             assert ("best" in cell["attrs"].get("class", "")) == (vals[lab] == best), (m, lab)
 
-    # per-image table: every pair, in dataset order, one row per fusion with the JSON's values;
-    # pictures for the 3 pairs the limit picks
-    (pairs,) = table(page, "pairs")
-    names = [b["attrs"]["data-name"] for b in pairs["bodies"]]
+    # per-image table (laid out by the page's script from the set's data): every pair, in
+    # dataset order, one row per fusion with the JSON's values; pictures for the 3 pairs the
+    # limit picks
+    assert len(table(page, "pairs")) == 1
+    (data,) = page.data
+    assert data["fusions"] == labels and data["metrics"] == METRICS
+    assert data["hib"] == [int(HIGHER_IS_BETTER[m]) for m in METRICS]
+    names = [name for name, _, _ in data["rows"]]
     assert names == sorted(res["per_image"][labels[0]]) and len(names) == 5
-    for b in pairs["bodies"]:
-        assert len(b["rows"]) == len(labels)
-        for j, row in enumerate(b["rows"]):
-            lab = labels[int(row["attrs"]["data-f"])]
-            assert int(row["attrs"]["data-f"]) == j
-            cells = {c["attrs"]["data-m"]: float(c["attrs"]["data-v"]) for c in row["cells"] if "data-m" in c["attrs"]}
-            assert cells == pytest.approx(res["per_image"][lab][b["attrs"]["data-name"]], rel=1e-12)
-    pictured = [b["attrs"]["data-name"] for b in pairs["bodies"] if "pictures not shown" not in b["text"]]
+    for name, values, _ in data["rows"]:
+        assert len(values) == len(labels)
+        for lab, row in zip(labels, values):
+            assert dict(zip(METRICS, row)) == pytest.approx(res["per_image"][lab][name], rel=1e-12)
+    pictured = [name for name, _, pics in data["rows"] if pics]
     assert pictured == [names[i] for i in shown_indices(5, 3)] == [names[0], names[1], names[3]]
     assert "pictures not shown" in text
 
@@ -247,8 +272,8 @@ def test_eval_report_real_pairs(data_dir, tmp_path):
     assert rows[:5] == ["visible as fused", "infrared as fused", "Laplacian, heuristic guidance",
                         "heuristic per-pixel blend", "Laplacian, mu = 0.5"]
     assert any(r.startswith("paper:") for r in rows)
-    (pairs,) = table(page, "pairs")
-    assert [b["attrs"]["data-name"] for b in pairs["bodies"]] == names
+    (data,) = page.data
+    assert [name for name, _, _ in data["rows"]] == names
     assert check_links(out, page) > 0
     # thumbnails are small files: downscaled to the page's height, not the full image
     from PIL import Image
@@ -268,9 +293,9 @@ def test_train_writes_report(tmp_path):
     page = Page(text)
     (means,) = table(page, "means")
     assert [r["cells"][0]["text"] for r in means["rows"][1:]] == ["trained guidance (epoch 2)", "heuristic guidance"]
-    (pairs,) = table(page, "pairs")
-    assert len(pairs["bodies"]) == 4  # the synthetic test set: every pair scored, 2 pictured
-    assert text.count("pictures not shown") == 2
+    (data,) = page.data
+    assert len(data["rows"]) == 4  # the synthetic test set: every pair scored, 2 pictured
+    assert sum(1 for _, _, pics in data["rows"] if not pics) == 2
     # curves: loss + EN + Qabf of the test set; distributions: EN + Qabf
     assert page.svgs == 3 + 2
     check_links(run / "report", page)
@@ -282,3 +307,88 @@ def test_train_writes_report(tmp_path):
     assert not (run2 / "report").exists()
     assert main(["train", "--out", str(run), "--resume", "--epochs", "3", "--no-progress"]) == 0
     assert "trained guidance (epoch 3)" in (run / "report" / "index.html").read_text()
+
+
+def _counting(fn, counts: dict, label: str):
+    """``fn`` (a fusion) counting in ``counts[label]`` how often a fused image is computed: calls
+    of the fusion itself, or of its ``blend`` (how a guided fusion is evaluated)."""
+    def tick(f):
+        def g(*a):
+            counts[label] += 1
+            return f(*a)
+        return g
+
+    counts[label] = 0
+    wrapped = tick(fn)
+    if hasattr(fn, "guidance"):
+        wrapped.guidance = fn.guidance
+    if hasattr(fn, "blend"):
+        wrapped.blend = tick(fn.blend)
+    return wrapped
+
+
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_pictures_reuse_the_scored_fusions(tmp_path):
+    from hfkernels.evaluation import method, pairs_from_dataset
+    from hfkernels.report import ReportPictures, ReportSet, score_pairs, write_report
+    from hfkernels.synthetic import SyntheticPairs
+
+    pairs = pairs_from_dataset(SyntheticPairs(n=5, size=(40, 56), seed=1))
+    specs = {"lap": "laplacian", "blend": "blend", "vis": "vis", "colour": "0.3"}
+    pages = {}
+    for reuse in (True, False):
+        counts: dict = {}
+        fusions = {label: _counting(method(spec), counts, label) for label, spec in specs.items()}
+        out = tmp_path / f"reuse-{reuse}"
+        pics = ReportPictures(out, pairs, fusions, limit=3) if reuse else None
+        scores = score_pairs(pairs, fusions, ["EN", "SD"], pictures=pics)
+        write_report(out, [ReportSet("set", pairs, fusions, scores, ["EN", "SD"], pictures=pics)], limit=3)
+        # each pair fused once per fusion while scoring; without the pictures object the 3
+        # shown pairs are fused again for their pictures
+        assert counts == {label: 5 + (0 if reuse else 3) for label in specs}, reuse
+        pages[reuse] = out
+        # the pictures' hidden working folders are gone
+        assert sorted(p.name for p in out.iterdir()) == ["index.html", "index_files"]
+    # the same pictures and page data either way
+    assert _tree(pages[True] / "index_files") == _tree(pages[False] / "index_files")
+    data = [Page((pages[r] / "index.html").read_text()).data for r in (True, False)]
+    assert data[0] == data[1] and sum(1 for row in data[0][0]["rows"] if row[2]) == 3
+
+
+def test_report_pictures_refusals_and_cleanup(tmp_path):
+    import gc
+
+    from hfkernels.evaluation import method, pairs_from_dataset
+    from hfkernels.report import ReportPictures, ReportSet, score_pairs, write_report
+    from hfkernels.synthetic import SyntheticPairs
+
+    pairs = pairs_from_dataset(SyntheticPairs(n=3, size=(32, 40), seed=2))
+    fusions = {"lap": method("laplacian")}
+    out = tmp_path / "rep"
+    with pytest.raises(ValueError, match="limit"):
+        ReportPictures(out, pairs, fusions, limit=-1)
+    with pytest.raises(ValueError, match="fusions"):
+        ReportPictures(out, pairs, {})
+    # an abandoned one leaves nothing behind
+    pics = ReportPictures(out, pairs, fusions)
+    folder = pics.folder
+    assert folder.is_dir() and folder.parent == out
+    del pics
+    gc.collect()
+    assert not folder.exists()
+    # pictures made for other pairs, or already used for a page, are refused
+    pics = ReportPictures(out, pairs[:2], fusions)
+    scores = score_pairs(pairs, fusions, ["EN"])
+    with pytest.raises(ValueError, match="pictures of set"):
+        write_report(out, [ReportSet("s", pairs, fusions, scores, ["EN"], pictures=pics)])
+    pics = ReportPictures(out, pairs, fusions)
+    score_pairs(pairs, fusions, ["EN"], pictures=pics)
+    write_report(out, [ReportSet("s", pairs, fusions, scores, ["EN"], pictures=pics)])
+    with pytest.raises(ValueError, match="used up"):
+        write_report(out, [ReportSet("s", pairs, fusions, scores, ["EN"], pictures=pics)], overwrite=True)
+    # an existing page without overwrite is refused when the pictures are started
+    with pytest.raises(ValueError, match="index.html"):
+        ReportPictures(out, pairs, fusions)

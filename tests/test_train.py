@@ -348,7 +348,7 @@ def test_bad_data_stops_the_run(tmp_path, capsys):
 def test_fuse_with_checkpoint(tmp_path, ref_run):
     from hfkernels.fusion import fuse_color
     from hfkernels.io import read_image
-    from hfkernels.models import load_guidance
+    from hfkernels.guidance import load_guidance
     from hfkernels.synthetic import write_pairs
 
     run = ref_run

@@ -1,4 +1,5 @@
-// CPU kernels of the fused pyramid fusion `hfkernels_ext::fuse` and its backward.
+// CPU kernels of the fused pyramid fusion `hfkernels_ext::fuse` and its backward (schemas in
+// csrc/registry.cpp, argument checks in csrc/ext_checks.h).
 //
 // Math (as in hfkernels/reference.py): the blend is linear in (vis, ir), so with D = ir - vis
 //   out = vis + collapse(mu_k * L_k(D))
@@ -26,8 +27,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <initializer_list>
+#include <limits>
 #include <vector>
 
+#include "../ext_checks.h"
 #include "fuse_plan.h"
 
 namespace hfk {
@@ -46,71 +50,63 @@ inline const double* weights<double>(const Ell& e) {
 
 // ---------------------------------------------------------------------------------------------
 // Vertical combinations: acc[x] = sum_s w_s * f(row r_s)[x] over the non-zero taps of row i of V.
+// vcomb zeroes the accumulators, then calls add(w_s, r_s) once per non-zero tap; the variants
+// below differ only in what one tap adds (each a contiguous, vectorisable loop over x).
+
+template <typename T, typename Add>
+inline void vcomb(const Ell& V, int64_t i, int64_t n, std::initializer_list<T*> accs, const Add& add) {
+  for (T* acc : accs)
+    for (int64_t x = 0; x < n; ++x) acc[x] = T(0);
+  const int64_t* id = V.idx.data() + i * V.width;
+  const T* w = weights<T>(V) + i * V.width;
+  for (int64_t s = 0; s < V.width; ++s)
+    if (w[s] != T(0)) add(w[s], id[s]);
+}
 
 template <typename T, typename RowA>
 inline void vcomb1(const Ell& V, int64_t i, int64_t n, T* __restrict acc, RowA ra) {
-  const int64_t* id = V.idx.data() + i * V.width;
-  const T* w = weights<T>(V) + i * V.width;
-  for (int64_t x = 0; x < n; ++x) acc[x] = T(0);
-  for (int64_t s = 0; s < V.width; ++s) {
-    const T ws = w[s];
-    if (ws == T(0)) continue;
-    const T* __restrict a = ra(id[s]);
+  vcomb<T>(V, i, n, {acc}, [&](T ws, int64_t r) {
+    const T* __restrict a = ra(r);
     for (int64_t x = 0; x < n; ++x) acc[x] += ws * a[x];
-  }
+  });
 }
 
 // Two streams through the same operator (shared weights and row indices).
 template <typename T, typename RowA, typename RowB>
 inline void vcomb2(const Ell& V, int64_t i, int64_t n, T* __restrict acc_a, T* __restrict acc_b, RowA ra,
                    RowB rb) {
-  const int64_t* id = V.idx.data() + i * V.width;
-  const T* w = weights<T>(V) + i * V.width;
-  for (int64_t x = 0; x < n; ++x) acc_a[x] = acc_b[x] = T(0);
-  for (int64_t s = 0; s < V.width; ++s) {
-    const T ws = w[s];
-    if (ws == T(0)) continue;
-    const T* __restrict a = ra(id[s]);
-    const T* __restrict b = rb(id[s]);
+  vcomb<T>(V, i, n, {acc_a, acc_b}, [&](T ws, int64_t r) {
+    const T* __restrict a = ra(r);
+    const T* __restrict b = rb(r);
     for (int64_t x = 0; x < n; ++x) {
       acc_a[x] += ws * a[x];
       acc_b[x] += ws * b[x];
     }
-  }
+  });
 }
 
 // acc = V (a - b): the down step of D = ir - vis without materialising D.
 template <typename T, typename RowA, typename RowB>
 inline void vcomb_diff(const Ell& V, int64_t i, int64_t n, T* __restrict acc, RowA ra, RowB rb) {
-  const int64_t* id = V.idx.data() + i * V.width;
-  const T* w = weights<T>(V) + i * V.width;
-  for (int64_t x = 0; x < n; ++x) acc[x] = T(0);
-  for (int64_t s = 0; s < V.width; ++s) {
-    const T ws = w[s];
-    if (ws == T(0)) continue;
-    const T* __restrict a = ra(id[s]);
-    const T* __restrict b = rb(id[s]);
+  vcomb<T>(V, i, n, {acc}, [&](T ws, int64_t r) {
+    const T* __restrict a = ra(r);
+    const T* __restrict b = rb(r);
     for (int64_t x = 0; x < n; ++x) acc[x] += ws * (a[x] - b[x]);
-  }
+  });
 }
 
 // acc_a = V a, acc_p = V (a * m): the adjoint up step of Gamma and of mu * Gamma together.
 template <typename T, typename RowA, typename RowM>
 inline void vcomb_and_prod(const Ell& V, int64_t i, int64_t n, T* __restrict acc_a, T* __restrict acc_p,
                            RowA ra, RowM rm) {
-  const int64_t* id = V.idx.data() + i * V.width;
-  const T* w = weights<T>(V) + i * V.width;
-  for (int64_t x = 0; x < n; ++x) acc_a[x] = acc_p[x] = T(0);
-  for (int64_t s = 0; s < V.width; ++s) {
-    const T ws = w[s];
-    if (ws == T(0)) continue;
-    const T* __restrict a = ra(id[s]);
-    const T* __restrict m = rm(id[s]);
+  vcomb<T>(V, i, n, {acc_a, acc_p}, [&](T ws, int64_t r) {
+    const T* __restrict a = ra(r);
+    const T* __restrict m = rm(r);
     for (int64_t x = 0; x < n; ++x) {
       acc_a[x] += ws * a[x];
       acc_p[x] += ws * (a[x] * m[x]);
     }
-  }
+  });
 }
 
 inline bool row_is_zero(const Ell& V, int64_t i) {
@@ -346,7 +342,7 @@ struct Fuse {
       const T* gn = g[k + 1].template data_ptr<T>();
       const T* gk = last ? nullptr : g[k].template data_ptr<T>();
       const T* mk = last ? mu : mus[k].template data_ptr<T>();
-      const int64_t hk = h(k), wk = w(k), sk = sz(k), wn = w(k + 1), sn = sz(k + 1);
+      const int64_t hk = h(k), wk = w(k), wn = w(k + 1), sn = sz(k + 1);
       par_rows(P, hk, wk, [&](int64_t b0, int64_t b1) {
         PadBuf<T> pn(2, wn), pk(2, wk);
         T *as = pn.row(0), *ag = pn.row(1), *us = pk.row(0), *ug = pk.row(1);
@@ -389,7 +385,7 @@ struct Fuse {
       T* ov = vv[k + 1].template data_ptr<T>();
       const T* src = k == 0 ? gr : gam[k].template data_ptr<T>();
       const T* mk = k == 0 ? mu : mus[k].template data_ptr<T>();
-      const int64_t hn = h(k + 1), wn = w(k + 1), hk = h(k), wk = w(k), sk = sz(k);
+      const int64_t hn = h(k + 1), wn = w(k + 1), wk = w(k), sk = sz(k);
       par_rows(P, hn, wk, [&](int64_t b0, int64_t b1) {
         PadBuf<T> pk(2, wk);
         T *aa = pk.row(0), *ap = pk.row(1);
@@ -402,7 +398,6 @@ struct Fuse {
           hgather2(wp.upT[k], aa, ap, og + (p * hn + i) * wn, ov + (p * hn + i) * wn);
         }
       });
-      (void)hk;
     }
     // T_k = mu_k Gamma_k - V_k + dn^T T_{k+1} (T_L without the last term), stored in place of
     // V_k; gmu_k = sum_c L_k(D) Gamma_k per batch item, L_k = G_k - U_k G_{k+1} (L_L = G_L).
@@ -416,7 +411,7 @@ struct Fuse {
       const T* mk = mus[k].template data_ptr<T>();
       const T* tn = k < L ? vv[k + 1].template data_ptr<T>() : nullptr;
       const T* gn = k < L ? g[k + 1].template data_ptr<T>() : nullptr;
-      const int64_t hk = h(k), wk = w(k), sk = sz(k);
+      const int64_t hk = h(k), wk = w(k);
       const int64_t wn = k < L ? w(k + 1) : 1, sn = k < L ? sz(k + 1) : 1;
       par_rows(B, hk, C * wk, [&](int64_t b0, int64_t b1) {
         PadBuf<T> pn(2, wn), pk(2, wk);
@@ -524,55 +519,31 @@ struct Fuse {
   }
 };
 
-void check_inputs(const at::Tensor& vis, const at::Tensor& ir, const at::Tensor& mu, int64_t levels) {
-  TORCH_CHECK(vis.dim() == 4 && ir.dim() == 4 && mu.dim() == 4, "hfkernels_ext::fuse: vis, ir, mu must be 4-D");
-  TORCH_CHECK(levels >= 1, "hfkernels_ext::fuse: levels must be >= 1, got ", levels);
-  TORCH_CHECK(vis.numel() > 0, "hfkernels_ext::fuse: vis must not be empty");
-  TORCH_CHECK(ir.scalar_type() == vis.scalar_type() && mu.scalar_type() == vis.scalar_type(),
-              "hfkernels_ext::fuse: vis, ir, mu must share one dtype");
-  const auto B = vis.size(0), C = vis.size(1), H = vis.size(2), W = vis.size(3);
-  TORCH_CHECK(ir.size(0) == B && (ir.size(1) == 1 || ir.size(1) == C) && ir.size(2) == H && ir.size(3) == W,
-              "hfkernels_ext::fuse: ir must be (B, 1|C, H, W) like vis ", vis.sizes(), ", got ", ir.sizes());
-  TORCH_CHECK(mu.size(0) == B && mu.size(1) == 1 && mu.size(2) == H && mu.size(3) == W,
-              "hfkernels_ext::fuse: mu must be (B, 1, H, W), got ", mu.sizes());
-}
-
-at::Tensor fuse_cpu(const at::Tensor& vis_, const at::Tensor& ir_, const at::Tensor& mu_, int64_t levels) {
-  check_inputs(vis_, ir_, mu_, levels);
-  const auto vis = vis_.contiguous(), ir = ir_.contiguous(), mu = mu_.contiguous();
+at::Tensor fuse_cpu(const at::Tensor& vis, const at::Tensor& ir, const at::Tensor& mu, int64_t levels) {
+  const auto in = hfk_ext::fuse_inputs(vis, ir, mu, levels, std::numeric_limits<int64_t>::max());
   at::Tensor out;
-  AT_DISPATCH_FLOATING_TYPES(vis.scalar_type(), "hfkernels_ext::fuse", [&] {
-    Fuse<scalar_t> f(vis, ir, static_cast<int>(levels));
-    out = f.forward(vis.data_ptr<scalar_t>(), ir.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>());
+  AT_DISPATCH_FLOATING_TYPES(in.vis.scalar_type(), "hfkernels_ext::fuse", [&] {
+    const Fuse<scalar_t> f(in.vis, in.ir, static_cast<int>(levels));
+    out = f.forward(in.vis.data_ptr<scalar_t>(), in.ir.data_ptr<scalar_t>(), in.mu.data_ptr<scalar_t>());
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_cpu(const at::Tensor& grad_, const at::Tensor& vis_,
-                                                                 const at::Tensor& ir_, const at::Tensor& mu_,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_cpu(const at::Tensor& grad, const at::Tensor& vis,
+                                                                 const at::Tensor& ir, const at::Tensor& mu,
                                                                  int64_t levels) {
-  check_inputs(vis_, ir_, mu_, levels);
-  TORCH_CHECK(grad_.sizes() == vis_.sizes(), "hfkernels_ext::fuse_backward: grad must have vis's shape");
-  const auto vis = vis_.contiguous(), ir = ir_.contiguous(), mu = mu_.contiguous();
-  const auto grad = grad_.to(vis.scalar_type()).contiguous();
+  const auto in = hfk_ext::fuse_inputs(vis, ir, mu, levels, std::numeric_limits<int64_t>::max(), grad);
   std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(vis.scalar_type(), "hfkernels_ext::fuse_backward", [&] {
-    Fuse<scalar_t> f(vis, ir, static_cast<int>(levels));
-    out = f.backward(grad.data_ptr<scalar_t>(), vis.data_ptr<scalar_t>(), ir.data_ptr<scalar_t>(),
-                     mu.data_ptr<scalar_t>());
+  AT_DISPATCH_FLOATING_TYPES(in.vis.scalar_type(), "hfkernels_ext::fuse_backward", [&] {
+    const Fuse<scalar_t> f(in.vis, in.ir, static_cast<int>(levels));
+    out = f.backward(in.grad.data_ptr<scalar_t>(), in.vis.data_ptr<scalar_t>(), in.ir.data_ptr<scalar_t>(),
+                     in.mu.data_ptr<scalar_t>());
   });
   return out;
 }
 
 }  // namespace
 }  // namespace hfk
-
-TORCH_LIBRARY_FRAGMENT(hfkernels_ext, m) {
-  m.def("fuse(Tensor vis, Tensor ir, Tensor mu, int levels) -> Tensor");
-  m.def(
-      "fuse_backward(Tensor grad, Tensor vis, Tensor ir, Tensor mu, int levels) "
-      "-> (Tensor, Tensor, Tensor)");
-}
 
 TORCH_LIBRARY_IMPL(hfkernels_ext, CPU, m) {
   m.impl("fuse", &hfk::fuse_cpu);

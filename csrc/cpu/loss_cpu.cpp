@@ -1,10 +1,5 @@
-// CPU kernels of the training-loss ops (issue 4) and the schemas they share with the CUDA glue.
-//
-//   hfkernels_ext::ssim_forward(x, y, window_size, sigma, c1, c2, same, save_coefs)
-//       -> (ssim (B,), coefs (B,C,5,Ho,Wo) or an empty tensor)
-//   hfkernels_ext::ssim_backward(grad (B,), x, y, coefs, window_size, sigma, same) -> (gx, gy)
-//   hfkernels_ext::gradient_max_forward(a, b, f) -> 0-dim
-//   hfkernels_ext::gradient_max_backward(grad (0-dim), a, b, f) -> (ga, gb, gf)
+// CPU kernels of the training-loss ops hfkernels_ext::ssim_* and gradient_max_* (schemas in
+// csrc/registry.cpp, argument checks in csrc/ext_checks.h, shared with the CUDA glue).
 //
 // SSIM. The 2-D Gaussian window is the outer product of 1-D taps, so the five local statistics
 // (W*x, W*y, W*x², W*y², W*xy) come from one horizontal pass over each input row followed by one
@@ -13,8 +8,7 @@
 // the backward is just the transposed (flipped) separable filter of those maps plus a per-pixel
 // combination with x and y:
 //   dS/dx = W^T A_x + 2 x W^T D_xx + y W^T D_xy,   dS/dy = W^T A_y + 2 y W^T D_yy + x W^T D_xy.
-// Taps whose weight is below float32 resolution relative to the centre tap are dropped for
-// float32 (they cannot change a float32 sum); float64 keeps every tap.
+// Only the kept taps (chosen by the caller) are applied.
 //
 // Gradient-max. 3x3 Sobel with replicate padding; the backward builds six per-pixel coefficient
 // maps (d loss / d Sobel response) and applies the adjoint of "replicate-pad, then correlate":
@@ -32,8 +26,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 #include <vector>
+
+#include "../ext_checks.h"
 
 // The SSIM filters are the hot loops: compile them twice, for the baseline ISA and for AVX2+FMA,
 // and pick one at run time (HFK_CPU_ISA=baseline forces the baseline, e.g. to test it).
@@ -90,97 +85,42 @@ bool use_avx2() {
 #endif
 }
 
-// Taps whose weight relative to the centre tap is below this cannot change a float32 sum that
-// contains the centre tap (2^-24, half an ulp of 1); float64 keeps every tap.
-constexpr double kSkipF32 = 5.9604644775390625e-08;
-
-// Normalised 1-D Gaussian taps t_i = exp(-(i - w/2)^2 / (2 sigma^2)) / sum, i = 0..w-1, computed
-// in double like hfkernels.reference.gaussian_taps, and the range [lo, hi] of the taps kept.
-struct Taps1D {
-  std::vector<double> t;
-  int lo, hi;
-};
-
-Taps1D make_taps(int64_t w, double sigma, double rel_skip) {
-  Taps1D r;
-  r.t.resize(w);
-  const int64_t c = w / 2;
-  double sum = 0;
-  for (int64_t i = 0; i < w; ++i) {
-    const double d = static_cast<double>(i - c);
-    r.t[i] = std::exp(-(d * d) / (2.0 * sigma * sigma));
-    sum += r.t[i];
-  }
-  r.lo = 0;
-  r.hi = static_cast<int>(w) - 1;
-  // The unnormalised centre tap is exp(0) = 1, so the relative weight is the tap itself.
-  while (r.lo < c && r.t[r.lo] < rel_skip) ++r.lo;
-  while (r.hi > c && r.t[r.hi] < rel_skip) --r.hi;
-  for (auto& v : r.t) v /= sum;
-  return r;
-}
-
-struct SsimGeom {
-  int64_t P, H, W, Ho, Wo, pad;
-};
-
-inline SsimGeom ssim_geom(const at::Tensor& x, int64_t w, bool same) {
-  SsimGeom g;
-  g.P = x.size(0) * x.size(1);
-  g.H = x.size(2);
-  g.W = x.size(3);
-  g.pad = same ? w / 2 : 0;
-  g.Ho = same ? g.H : g.H - w + 1;
-  g.Wo = same ? g.W : g.W - w + 1;
-  return g;
-}
-
-void check_ssim_args(const at::Tensor& x, const at::Tensor& y, int64_t w, double sigma) {
-  TORCH_CHECK(x.dim() == 4, "ssim: x must be (B,C,H,W), got ", x.dim(), " dimensions");
-  TORCH_CHECK(x.sizes() == y.sizes(), "ssim: x and y must have the same shape, got ", x.sizes(),
-              " and ", y.sizes());
-  TORCH_CHECK(x.scalar_type() == y.scalar_type(), "ssim: x and y must have the same dtype");
-  TORCH_CHECK(x.device() == y.device(), "ssim: x and y must be on the same device");
-  TORCH_CHECK(w >= 1, "ssim: window_size must be >= 1, got ", w);
-  TORCH_CHECK(w <= x.size(2) && w <= x.size(3), "ssim: window_size ", w,
-              " is larger than the image ", x.size(2), "x", x.size(3));
-  TORCH_CHECK(sigma > 0, "ssim: sigma must be > 0, got ", sigma);
-}
-
 // ------------------------------------------------------------------------------------------
 // SSIM forward
 
+using hfk_ext::SsimGeom;
+using hfk_ext::WindowTaps;
+
+void check_cpu_dtype(const at::Tensor& t, const char* what) {
+  hfk_ext::check_dtype(t, what, {at::kFloat, at::kDouble}, "float32 or float64");
+}
+
 template <typename T>
-void ssim_forward_cpu_impl(const at::Tensor& x, const at::Tensor& y, int64_t w, double sigma,
-                           double c1, double c2, bool same, bool save, at::Tensor& out,
-                           at::Tensor& coefs) {
-  const SsimGeom g = ssim_geom(x, w, same);
-  const Taps1D tp = make_taps(w, sigma, std::is_same<T, float>::value ? kSkipF32 : 0.0);
-  const std::vector<T> taps(tp.t.begin(), tp.t.end());
+void ssim_forward_cpu_impl(const at::Tensor& x, const at::Tensor& y, const SsimGeom& g,
+                           const WindowTaps<T>& tp, double c1, double c2, bool save,
+                           at::Tensor& out, at::Tensor& coefs) {
   std::vector<double> rowsum(g.P * g.Ho, 0.0);
   auto kernel = use_avx2() ? &isa_avx2::ssim_fwd_kernel<T> : &isa_base::ssim_fwd_kernel<T>;
-  kernel(x.data_ptr<T>(), y.data_ptr<T>(), g.P, g.H, g.W, g.Ho, g.Wo, g.pad, taps.data(), tp.lo,
+  kernel(x.data_ptr<T>(), y.data_ptr<T>(), g.P, g.H, g.W, g.Ho, g.Wo, g.pad, tp.t.data(), tp.lo,
          tp.hi, static_cast<T>(c1), static_cast<T>(c2), save ? coefs.data_ptr<T>() : nullptr,
          rowsum.data());
   // Per-image mean in a fixed order, so the result does not depend on the thread count.
-  const int64_t B = x.size(0), C = x.size(1);
-  const double n = static_cast<double>(C * g.Ho * g.Wo);
+  const double n = static_cast<double>(g.C * g.Ho * g.Wo);
   T* op = out.data_ptr<T>();
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = 0; b < g.B; ++b) {
     double sum = 0;
-    for (int64_t k = b * C * g.Ho; k < (b + 1) * C * g.Ho; ++k) sum += rowsum[k];
+    for (int64_t k = b * g.C * g.Ho; k < (b + 1) * g.C * g.Ho; ++k) sum += rowsum[k];
     op[b] = static_cast<T>(sum / n);
   }
 }
 
 std::tuple<at::Tensor, at::Tensor> ssim_forward_cpu(const at::Tensor& x_, const at::Tensor& y_,
-                                                    int64_t w, double sigma, double c1, double c2,
-                                                    bool same, bool save_coefs) {
-  check_ssim_args(x_, y_, w, sigma);
-  TORCH_CHECK(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
-              "ssim (cpu backend): dtype must be float32 or float64, got ", x_.scalar_type());
+                                                    at::ArrayRef<double> taps, int64_t lo, int64_t w,
+                                                    double c1, double c2, bool same,
+                                                    bool save_coefs) {
+  const SsimGeom g = hfk_ext::check_ssim(x_, y_, taps, lo, w, same);
+  check_cpu_dtype(x_, "ssim (cpu backend)");
   const at::Tensor x = x_.contiguous(), y = y_.contiguous();
-  const SsimGeom g = ssim_geom(x, w, same);
   at::Tensor out = at::empty({x.size(0)}, x.options());
   at::Tensor coefs = save_coefs ? at::empty({x.size(0), x.size(1), 5, g.Ho, g.Wo}, x.options())
                                 : at::empty({0}, x.options());
@@ -189,7 +129,8 @@ std::tuple<at::Tensor, at::Tensor> ssim_forward_cpu(const at::Tensor& x_, const 
     return {out, coefs};
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hfk_ssim_forward_cpu", [&] {
-    ssim_forward_cpu_impl<scalar_t>(x, y, w, sigma, c1, c2, same, save_coefs, out, coefs);
+    ssim_forward_cpu_impl<scalar_t>(x, y, g, WindowTaps<scalar_t>(taps, lo, w), c1, c2,
+                                    save_coefs, out, coefs);
   });
   return {out, coefs};
 }
@@ -199,38 +140,33 @@ std::tuple<at::Tensor, at::Tensor> ssim_forward_cpu(const at::Tensor& x_, const 
 
 template <typename T>
 void ssim_backward_cpu_impl(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& y,
-                            const at::Tensor& coefs, int64_t w, double sigma, bool same,
+                            const at::Tensor& coefs, const SsimGeom& g, const WindowTaps<T>& tp,
                             at::Tensor& gx, at::Tensor& gy) {
-  const SsimGeom g = ssim_geom(x, w, same);
-  const Taps1D tp = make_taps(w, sigma, std::is_same<T, float>::value ? kSkipF32 : 0.0);
-  const std::vector<T> taps(tp.t.begin(), tp.t.end());
-  const int64_t C = x.size(1);
-  const double inv_n = 1.0 / static_cast<double>(C * g.Ho * g.Wo);
+  const double inv_n = 1.0 / static_cast<double>(g.C * g.Ho * g.Wo);
   const T* gp = grad.data_ptr<T>();
   std::vector<T> scale(g.P);
-  for (int64_t p = 0; p < g.P; ++p) scale[p] = static_cast<T>(gp[p / C] * inv_n);
+  for (int64_t p = 0; p < g.P; ++p) scale[p] = static_cast<T>(gp[p / g.C] * inv_n);
   auto kernel = use_avx2() ? &isa_avx2::ssim_bwd_kernel<T> : &isa_base::ssim_bwd_kernel<T>;
   kernel(x.data_ptr<T>(), y.data_ptr<T>(), coefs.data_ptr<T>(), scale.data(), g.P, g.H, g.W,
-         g.Ho, g.Wo, g.pad, taps.data(), tp.lo, tp.hi, gx.data_ptr<T>(), gy.data_ptr<T>());
+         g.Ho, g.Wo, g.pad, tp.t.data(), tp.lo, tp.hi, gx.data_ptr<T>(), gy.data_ptr<T>());
 }
 
 std::tuple<at::Tensor, at::Tensor> ssim_backward_cpu(const at::Tensor& grad_,
                                                      const at::Tensor& x_, const at::Tensor& y_,
-                                                     const at::Tensor& coefs_, int64_t w,
-                                                     double sigma, bool same) {
-  check_ssim_args(x_, y_, w, sigma);
+                                                     const at::Tensor& coefs_,
+                                                     at::ArrayRef<double> taps, int64_t lo,
+                                                     int64_t w, bool same) {
+  const SsimGeom g = hfk_ext::check_ssim(x_, y_, taps, lo, w, same);
+  hfk_ext::check_ssim_backward(grad_, coefs_, g);
+  check_cpu_dtype(x_, "ssim (cpu backend)");
   const at::Tensor x = x_.contiguous(), y = y_.contiguous();
-  const SsimGeom g = ssim_geom(x, w, same);
-  TORCH_CHECK(coefs_.numel() == g.P * 5 * g.Ho * g.Wo,
-              "ssim_backward: coefs do not match the inputs (was ssim_forward called with "
-              "save_coefs=True?)");
-  TORCH_CHECK(grad_.numel() == x.size(0), "ssim_backward: grad must have B elements");
   const at::Tensor coefs = coefs_.contiguous().to(x.scalar_type());
   const at::Tensor grad = grad_.contiguous().to(x.scalar_type());
   at::Tensor gx = at::empty_like(x), gy = at::empty_like(y);
   if (x.numel() == 0) return {gx, gy};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "hfk_ssim_backward_cpu", [&] {
-    ssim_backward_cpu_impl<scalar_t>(grad, x, y, coefs, w, sigma, same, gx, gy);
+    ssim_backward_cpu_impl<scalar_t>(grad, x, y, coefs, g, WindowTaps<scalar_t>(taps, lo, w), gx,
+                                     gy);
   });
   return {gx, gy};
 }
@@ -239,15 +175,8 @@ std::tuple<at::Tensor, at::Tensor> ssim_backward_cpu(const at::Tensor& grad_,
 // Gradient-max
 
 void check_gm_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor& f) {
-  TORCH_CHECK(f.dim() == 4, "gradient_max: f must be (B,C,H,W), got ", f.dim(), " dimensions");
-  TORCH_CHECK(a.sizes() == f.sizes() && b.sizes() == f.sizes(),
-              "gradient_max: a, b and f must have the same shape, got ", a.sizes(), ", ",
-              b.sizes(), " and ", f.sizes());
-  TORCH_CHECK(a.scalar_type() == f.scalar_type() && b.scalar_type() == f.scalar_type(),
-              "gradient_max: a, b and f must have the same dtype");
-  TORCH_CHECK(a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble,
-              "gradient_max (cpu backend): dtype must be float32 or float64, got ",
-              a.scalar_type());
+  hfk_ext::check_gradient_max(a, b, f);
+  check_cpu_dtype(f, "gradient_max (cpu backend)");
 }
 
 // Sobel responses of row i of a plane (H, W) with replicate padding; pad is scratch of 3*(W+2).
@@ -428,19 +357,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gradient_max_backward_cpu(const a
 
 }  // namespace
 }  // namespace hfk_loss
-
-TORCH_LIBRARY_FRAGMENT(hfkernels_ext, m) {
-  m.def(
-      "ssim_forward(Tensor x, Tensor y, int window_size, float sigma, float c1, float c2, "
-      "bool same, bool save_coefs) -> (Tensor, Tensor)");
-  m.def(
-      "ssim_backward(Tensor grad, Tensor x, Tensor y, Tensor coefs, int window_size, float sigma, "
-      "bool same) -> (Tensor, Tensor)");
-  m.def("gradient_max_forward(Tensor a, Tensor b, Tensor f) -> Tensor");
-  m.def(
-      "gradient_max_backward(Tensor grad, Tensor a, Tensor b, Tensor f) -> (Tensor, Tensor, "
-      "Tensor)");
-}
 
 TORCH_LIBRARY_IMPL(hfkernels_ext, CPU, m) {
   m.impl("ssim_forward", &hfk_loss::ssim_forward_cpu);

@@ -1,5 +1,5 @@
 // Torch glue of the CUDA backend of `hfkernels_ext::fuse` / `fuse_backward` (schemas in
-// csrc/cpu/fuse_cpu.cpp). Built only where torch has CUDA (setup.py). It builds the same 1-D
+// csrc/registry.cpp, argument checks in csrc/ext_checks.h). Built only where torch has CUDA (setup.py). It builds the same 1-D
 // tables as the CPU backend (fuse_plan.h), keeps them on the device (once per device and shape,
 // see device_tables), allocates one float32 workspace for the small pyramid levels and calls the
 // framework-free launchers of fuse_kernels.cu.
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../cpu/fuse_plan.h"
+#include "../ext_checks.h"
 #include "fuse_kernels.cuh"
 
 namespace hfk {
@@ -100,23 +101,6 @@ std::shared_ptr<const DevTables> device_tables(int64_t H, int64_t W, int L, cons
   return tables;
 }
 
-void check_inputs(const at::Tensor& vis, const at::Tensor& ir, const at::Tensor& mu, int64_t levels) {
-  TORCH_CHECK(vis.dim() == 4 && ir.dim() == 4 && mu.dim() == 4, "hfkernels_ext::fuse: vis, ir, mu must be 4-D");
-  TORCH_CHECK(levels >= 1 && levels <= cuda::kMaxLevels, "hfkernels_ext::fuse (CUDA): levels must be in 1..",
-              cuda::kMaxLevels, ", got ", levels);
-  TORCH_CHECK(vis.numel() > 0, "hfkernels_ext::fuse: vis must not be empty");
-  TORCH_CHECK(ir.scalar_type() == vis.scalar_type() && mu.scalar_type() == vis.scalar_type(),
-              "hfkernels_ext::fuse: vis, ir, mu must share one dtype");
-  TORCH_CHECK(ir.device() == vis.device() && mu.device() == vis.device(),
-              "hfkernels_ext::fuse: vis, ir, mu must be on one device");
-  const auto B = vis.size(0), C = vis.size(1), H = vis.size(2), W = vis.size(3);
-  TORCH_CHECK(ir.size(0) == B && (ir.size(1) == 1 || ir.size(1) == C) && ir.size(2) == H && ir.size(3) == W,
-              "hfkernels_ext::fuse: ir must be (B, 1|C, H, W) like vis ", vis.sizes(), ", got ", ir.sizes());
-  TORCH_CHECK(mu.size(0) == B && mu.size(1) == 1 && mu.size(2) == H && mu.size(3) == W,
-              "hfkernels_ext::fuse: mu must be (B, 1, H, W), got ", mu.sizes());
-  TORCH_CHECK(vis.numel() < (int64_t(1) << 31), "hfkernels_ext::fuse (CUDA): tensors above 2^31 elements");
-}
-
 template <typename F>
 void dispatch(at::ScalarType st, const F& f) {
   switch (st) {
@@ -127,62 +111,65 @@ void dispatch(at::ScalarType st, const F& f) {
   }
 }
 
-at::Tensor fuse_cuda(const at::Tensor& vis_, const at::Tensor& ir_, const at::Tensor& mu_, int64_t levels) {
-  check_inputs(vis_, ir_, mu_, levels);
-  const c10::cuda::CUDAGuard guard(vis_.device());
-  const auto vis = vis_.contiguous(), ir = ir_.contiguous(), mu = mu_.contiguous();
-  const int L = static_cast<int>(levels);
-  const auto tables = device_tables(vis.size(2), vis.size(3), L, vis.device());
-  const DevTables& t = *tables;
+// What a forward or backward launch needs: the checked contiguous inputs, the device tables of
+// their shape, the launch shape and a float32 workspace. The caller holds the device guard.
+struct Launch {
+  hfk_ext::FuseInputs in;
+  std::shared_ptr<const DevTables> tables;
   cuda::FuseShape s;
-  s.B = static_cast<int>(vis.size(0));
-  s.C = static_cast<int>(vis.size(1));
-  s.Cir = static_cast<int>(ir.size(1));
-  s.L = L;
-  auto ws = at::empty({static_cast<int64_t>(cuda::fuse_workspace_floats(s, t.h, t.wd, false))},
-                      vis.options().dtype(at::kFloat));
-  auto out = at::empty_like(vis);
-  auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  at::Tensor ws;
+};
+
+Launch prepare(const at::Tensor& vis, const at::Tensor& ir, const at::Tensor& mu, int64_t levels,
+               const at::Tensor& grad) {
+  Launch l{hfk_ext::fuse_inputs(vis, ir, mu, levels, cuda::kMaxLevels, grad), nullptr, {}, {}};
+  TORCH_CHECK(vis.numel() < (int64_t(1) << 31), "hfkernels_ext::fuse (CUDA): tensors above 2^31 elements");
+  const int L = static_cast<int>(levels);
+  l.tables = device_tables(vis.size(2), vis.size(3), L, vis.device());
+  l.s.B = static_cast<int>(vis.size(0));
+  l.s.C = static_cast<int>(vis.size(1));
+  l.s.Cir = static_cast<int>(ir.size(1));
+  l.s.L = L;
+  const size_t n = cuda::fuse_workspace_floats(l.s, l.tables->h, l.tables->wd, grad.defined());
+  l.ws = at::empty({static_cast<int64_t>(n)}, vis.options().dtype(at::kFloat));
+  return l;
+}
+
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, "hfkernels_ext::", op, " (CUDA): ", cudaGetErrorString(err));
+}
+
+at::Tensor fuse_cuda(const at::Tensor& vis, const at::Tensor& ir, const at::Tensor& mu, int64_t levels) {
+  const c10::cuda::CUDAGuard guard(vis.device());
+  const Launch l = prepare(vis, ir, mu, levels, at::Tensor());
+  auto out = at::empty_like(l.in.vis);
   dispatch(vis.scalar_type(), [&](auto at_t, auto cu_t) {
     using AT = decltype(at_t);
     using CT = decltype(cu_t);
-    const cudaError_t err = cuda::fuse_forward<CT>(
-        s, t.h, t.wd, reinterpret_cast<const CT*>(vis.data_ptr<AT>()), reinterpret_cast<const CT*>(ir.data_ptr<AT>()),
-        reinterpret_cast<const CT*>(mu.data_ptr<AT>()), reinterpret_cast<CT*>(out.data_ptr<AT>()),
-        ws.data_ptr<float>(), stream);
-    TORCH_CHECK(err == cudaSuccess, "hfkernels_ext::fuse (CUDA): ", cudaGetErrorString(err));
+    auto in = [](const at::Tensor& x) { return reinterpret_cast<const CT*>(x.data_ptr<AT>()); };
+    check_launch(cuda::fuse_forward<CT>(l.s, l.tables->h, l.tables->wd, in(l.in.vis), in(l.in.ir), in(l.in.mu),
+                                        reinterpret_cast<CT*>(out.data_ptr<AT>()), l.ws.data_ptr<float>(),
+                                        c10::cuda::getCurrentCUDAStream().stream()),
+                 "fuse");
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_cuda(const at::Tensor& grad_, const at::Tensor& vis_,
-                                                                  const at::Tensor& ir_, const at::Tensor& mu_,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fuse_backward_cuda(const at::Tensor& grad, const at::Tensor& vis,
+                                                                  const at::Tensor& ir, const at::Tensor& mu,
                                                                   int64_t levels) {
-  check_inputs(vis_, ir_, mu_, levels);
-  TORCH_CHECK(grad_.sizes() == vis_.sizes(), "hfkernels_ext::fuse_backward: grad must have vis's shape");
-  const c10::cuda::CUDAGuard guard(vis_.device());
-  const auto vis = vis_.contiguous(), ir = ir_.contiguous(), mu = mu_.contiguous();
-  const auto grad = grad_.to(vis.scalar_type()).contiguous();
-  const int L = static_cast<int>(levels);
-  const auto tables = device_tables(vis.size(2), vis.size(3), L, vis.device());
-  const DevTables& t = *tables;
-  cuda::FuseShape s;
-  s.B = static_cast<int>(vis.size(0));
-  s.C = static_cast<int>(vis.size(1));
-  s.Cir = static_cast<int>(ir.size(1));
-  s.L = L;
-  auto ws = at::empty({static_cast<int64_t>(cuda::fuse_workspace_floats(s, t.h, t.wd, true))},
-                      vis.options().dtype(at::kFloat));
-  auto gvis = at::empty_like(vis), gir = at::empty_like(ir), gmu = at::empty_like(mu);
-  auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  const c10::cuda::CUDAGuard guard(vis.device());
+  const Launch l = prepare(vis, ir, mu, levels, grad);
+  auto gvis = at::empty_like(l.in.vis), gir = at::empty_like(l.in.ir), gmu = at::empty_like(l.in.mu);
   dispatch(vis.scalar_type(), [&](auto at_t, auto cu_t) {
     using AT = decltype(at_t);
     using CT = decltype(cu_t);
     auto in = [](const at::Tensor& x) { return reinterpret_cast<const CT*>(x.data_ptr<AT>()); };
     auto outp = [](at::Tensor& x) { return reinterpret_cast<CT*>(x.data_ptr<AT>()); };
-    const cudaError_t err = cuda::fuse_backward<CT>(s, t.h, t.wd, in(grad), in(vis), in(ir), in(mu), outp(gvis),
-                                                    outp(gir), outp(gmu), ws.data_ptr<float>(), stream);
-    TORCH_CHECK(err == cudaSuccess, "hfkernels_ext::fuse_backward (CUDA): ", cudaGetErrorString(err));
+    check_launch(cuda::fuse_backward<CT>(l.s, l.tables->h, l.tables->wd, in(l.in.grad), in(l.in.vis), in(l.in.ir),
+                                         in(l.in.mu), outp(gvis), outp(gir), outp(gmu), l.ws.data_ptr<float>(),
+                                         c10::cuda::getCurrentCUDAStream().stream()),
+                 "fuse_backward");
   });
   return {gvis, gir, gmu};
 }

@@ -1,5 +1,5 @@
 // Torch glue of the CUDA loss kernels (csrc/cuda/loss_kernels.cu) for the CUDA dispatch key of
-// the hfkernels_ext loss ops (schemas in csrc/cpu/loss_cpu.cpp). Built only where torch has CUDA.
+// the hfkernels_ext loss ops (schemas in csrc/registry.cpp, argument checks in csrc/ext_checks.h). Built only where torch has CUDA.
 // Checks arguments, makes inputs contiguous, allocates outputs and workspaces through torch's
 // caching allocator, and launches on the current stream.
 #include <ATen/ATen.h>
@@ -10,6 +10,7 @@
 #include <limits>
 #include <tuple>
 
+#include "../ext_checks.h"
 #include "loss_kernels.cuh"
 
 namespace hfk_loss_cuda_glue {
@@ -49,101 +50,79 @@ void dispatch(at::ScalarType s, F&& f) {
   }
 }
 
-void check_cuda(cudaError_t e, const char* what) {
-  TORCH_CHECK(e == cudaSuccess, what, ": ", e == cudaErrorInvalidValue
-                                               ? "window keeps more taps than the CUDA kernels take"
-                                               : cudaGetErrorString(e));
+void check_launch(cudaError_t e, const char* what) {
+  TORCH_CHECK(e == cudaSuccess, what, ": ", cudaGetErrorString(e));
 }
 
-void check_dtype(const at::Tensor& t, const char* op) {
-  const auto s = t.scalar_type();
-  TORCH_CHECK(s == at::kFloat || s == at::kHalf || s == at::kBFloat16, op,
-              " (cuda backend): dtype must be float32, float16 or bfloat16, got ", s);
+void check_cuda_dtype(const at::Tensor& t, const char* what) {
+  hfk_ext::check_dtype(t, what, {at::kFloat, at::kHalf, at::kBFloat16}, "float32, float16 or bfloat16");
 }
 
-void check_ssim_args(const at::Tensor& x, const at::Tensor& y, int64_t w, double sigma) {
-  TORCH_CHECK(x.dim() == 4, "ssim: x must be (B,C,H,W), got ", x.dim(), " dimensions");
-  TORCH_CHECK(x.sizes() == y.sizes(), "ssim: x and y must have the same shape, got ", x.sizes(),
-              " and ", y.sizes());
-  TORCH_CHECK(x.scalar_type() == y.scalar_type(), "ssim: x and y must have the same dtype");
-  TORCH_CHECK(x.device() == y.device(), "ssim: x and y must be on the same device");
-  TORCH_CHECK(w >= 1, "ssim: window_size must be >= 1, got ", w);
-  TORCH_CHECK(w <= x.size(2) && w <= x.size(3), "ssim: window_size ", w,
-              " is larger than the image ", x.size(2), "x", x.size(3));
-  TORCH_CHECK(sigma > 0, "ssim: sigma must be > 0, got ", sigma);
-  check_dtype(x, "ssim");
+hfk_ext::SsimGeom check_ssim(const at::Tensor& x, const at::Tensor& y, at::ArrayRef<double> taps, int64_t lo,
+                             int64_t w, bool same) {
+  const hfk_ext::SsimGeom g = hfk_ext::check_ssim(x, y, taps, lo, w, same);
+  check_cuda_dtype(x, "ssim (cuda backend)");
+  TORCH_CHECK(static_cast<int64_t>(taps.size()) <= K::kMaxTaps, "ssim (cuda backend): ", taps.size(),
+              " kept taps, more than the kernels take (", K::kMaxTaps, ")");
+  return g;
 }
 
 std::tuple<at::Tensor, at::Tensor> ssim_forward_cuda(const at::Tensor& x_, const at::Tensor& y_,
-                                                     int64_t w, double sigma, double c1, double c2,
-                                                     bool same, bool save_coefs) {
-  check_ssim_args(x_, y_, w, sigma);
+                                                     at::ArrayRef<double> taps, int64_t lo, int64_t w,
+                                                     double c1, double c2, bool same, bool save_coefs) {
+  const hfk_ext::SsimGeom g = check_ssim(x_, y_, taps, lo, w, same);
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous(), y = y_.contiguous();
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = B * C;
-  const int64_t Ho = same ? H : H - w + 1, Wo = same ? W : W - w + 1;
   const auto f32 = x.options().dtype(at::kFloat);
-  at::Tensor out = at::empty({B}, x.options());
-  at::Tensor coefs = save_coefs ? at::empty({B, C, 5, Ho, Wo}, f32) : at::empty({0}, f32);
+  at::Tensor out = at::empty({g.B}, x.options());
+  at::Tensor coefs = save_coefs ? at::empty({g.B, g.C, 5, g.Ho, g.Wo}, f32) : at::empty({0}, f32);
   if (x.numel() == 0) {
     out.fill_(std::numeric_limits<double>::quiet_NaN());
     return {out, coefs};
   }
-  at::Tensor hbuf = at::empty({P, 5, H, Wo}, f32);
-  at::Tensor partials = at::empty({K::ssim_partials(P, Ho, Wo)}, x.options().dtype(at::kDouble));
+  at::Tensor hbuf = at::empty({g.P, 5, g.H, g.Wo}, f32);
+  at::Tensor partials = at::empty({K::ssim_partials(g.P, g.Ho, g.Wo)}, x.options().dtype(at::kDouble));
+  const K::SsimWindow win{taps.data(), static_cast<int>(taps.size()), static_cast<int>(lo), w, same};
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   dispatch(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-                                      check_cuda(K::ssim_forward(
-                                                     ptr<scalar_t>(x), ptr<scalar_t>(y), P, C, H,
-                                                     W, w, sigma, same, static_cast<float>(c1),
-                                                     static_cast<float>(c2), ptr<scalar_t>(out),
-                                                     save_coefs ? coefs.data_ptr<float>() : nullptr,
-                                                     hbuf.data_ptr<float>(),
-                                                     partials.data_ptr<double>(), stream),
-                                                 "ssim_forward");
-                                    });
+    check_launch(K::ssim_forward(ptr<scalar_t>(x), ptr<scalar_t>(y), g.P, g.C, g.H, g.W, win,
+                                 static_cast<float>(c1), static_cast<float>(c2), ptr<scalar_t>(out),
+                                 save_coefs ? coefs.data_ptr<float>() : nullptr, hbuf.data_ptr<float>(),
+                                 partials.data_ptr<double>(), stream),
+                 "ssim_forward");
+  });
   return {out, coefs};
 }
 
-std::tuple<at::Tensor, at::Tensor> ssim_backward_cuda(const at::Tensor& grad_,
-                                                      const at::Tensor& x_, const at::Tensor& y_,
-                                                      const at::Tensor& coefs_, int64_t w,
-                                                      double sigma, bool same) {
-  check_ssim_args(x_, y_, w, sigma);
+std::tuple<at::Tensor, at::Tensor> ssim_backward_cuda(const at::Tensor& grad_, const at::Tensor& x_,
+                                                      const at::Tensor& y_, const at::Tensor& coefs_,
+                                                      at::ArrayRef<double> taps, int64_t lo, int64_t w,
+                                                      bool same) {
+  const hfk_ext::SsimGeom g = check_ssim(x_, y_, taps, lo, w, same);
+  hfk_ext::check_ssim_backward(grad_, coefs_, g);
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous(), y = y_.contiguous();
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = B * C;
-  const int64_t Ho = same ? H : H - w + 1, Wo = same ? W : W - w + 1;
-  TORCH_CHECK(coefs_.numel() == P * 5 * Ho * Wo,
-              "ssim_backward: coefs do not match the inputs (was ssim_forward called with "
-              "save_coefs=True?)");
-  TORCH_CHECK(grad_.numel() == B, "ssim_backward: grad must have B elements");
   const at::Tensor coefs = coefs_.to(at::kFloat).contiguous();
   const at::Tensor grad = grad_.to(x.scalar_type()).contiguous();
   at::Tensor gx = at::empty_like(x), gy = at::empty_like(y);
   if (x.numel() == 0) return {gx, gy};
-  at::Tensor vbuf = at::empty({P, 5, H, Wo}, x.options().dtype(at::kFloat));
+  at::Tensor vbuf = at::empty({g.P, 5, g.H, g.Wo}, x.options().dtype(at::kFloat));
+  const K::SsimWindow win{taps.data(), static_cast<int>(taps.size()), static_cast<int>(lo), w, same};
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   dispatch(x.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-          check_cuda(K::ssim_backward(ptr<scalar_t>(grad), ptr<scalar_t>(x), ptr<scalar_t>(y),
-                                      coefs.data_ptr<float>(), P, C, H, W, w, sigma, same,
-                                      vbuf.data_ptr<float>(), ptr<scalar_t>(gx),
-                                      ptr<scalar_t>(gy), stream),
-                     "ssim_backward");
-        });
+    check_launch(K::ssim_backward(ptr<scalar_t>(grad), ptr<scalar_t>(x), ptr<scalar_t>(y), coefs.data_ptr<float>(),
+                                  g.P, g.C, g.H, g.W, win, vbuf.data_ptr<float>(), ptr<scalar_t>(gx),
+                                  ptr<scalar_t>(gy), stream),
+                 "ssim_backward");
+  });
   return {gx, gy};
 }
 
 void check_gm_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor& f) {
-  TORCH_CHECK(f.dim() == 4, "gradient_max: f must be (B,C,H,W), got ", f.dim(), " dimensions");
-  TORCH_CHECK(a.sizes() == f.sizes() && b.sizes() == f.sizes(),
-              "gradient_max: a, b and f must have the same shape, got ", a.sizes(), ", ",
-              b.sizes(), " and ", f.sizes());
-  TORCH_CHECK(a.scalar_type() == f.scalar_type() && b.scalar_type() == f.scalar_type(),
-              "gradient_max: a, b and f must have the same dtype");
-  check_dtype(f, "gradient_max");
+  hfk_ext::check_gradient_max(a, b, f);
+  check_cuda_dtype(f, "gradient_max (cuda backend)");
 }
 
 at::Tensor gradient_max_forward_cuda(const at::Tensor& a_, const at::Tensor& b_,
@@ -158,11 +137,10 @@ at::Tensor gradient_max_forward_cuda(const at::Tensor& a_, const at::Tensor& b_,
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   dispatch(f.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-          check_cuda(K::gradient_max_forward(ptr<scalar_t>(a), ptr<scalar_t>(b), ptr<scalar_t>(f),
-                                             P, H, W, ptr<scalar_t>(out),
-                                             partials.data_ptr<double>(), stream),
-                     "gradient_max_forward");
-        });
+    check_launch(K::gradient_max_forward(ptr<scalar_t>(a), ptr<scalar_t>(b), ptr<scalar_t>(f), P, H, W,
+                                         ptr<scalar_t>(out), partials.data_ptr<double>(), stream),
+                 "gradient_max_forward");
+  });
   return out;
 }
 
@@ -181,12 +159,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gradient_max_backward_cuda(const 
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   dispatch(f.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-          check_cuda(K::gradient_max_backward(ptr<scalar_t>(grad), ptr<scalar_t>(a),
-                                              ptr<scalar_t>(b), ptr<scalar_t>(f), P, H, W,
-                                              cbuf.data_ptr<float>(), ptr<scalar_t>(ga),
-                                              ptr<scalar_t>(gb), ptr<scalar_t>(gf), stream),
-                     "gradient_max_backward");
-        });
+    check_launch(K::gradient_max_backward(ptr<scalar_t>(grad), ptr<scalar_t>(a), ptr<scalar_t>(b),
+                                          ptr<scalar_t>(f), P, H, W, cbuf.data_ptr<float>(), ptr<scalar_t>(ga),
+                                          ptr<scalar_t>(gb), ptr<scalar_t>(gf), stream),
+                 "gradient_max_backward");
+  });
   return {ga, gb, gf};
 }
 

@@ -9,29 +9,26 @@
 // writes six coefficient maps and then gathers the adjoint of "replicate-pad, correlate".
 #include "loss_kernels.cuh"
 
-#include <cmath>
+#include "convert.cuh"
 
 namespace hfk_loss_cuda {
 namespace {
 
+using hfk_cuda_convert::from_f;
+using hfk_cuda_convert::to_f;
+
+// The kept taps, passed to the kernels by value (they live in the parameter space).
 struct Taps {
   float t[kMaxTaps];  // t[i - lo] for the kept taps i = lo..hi
   int lo, hi;
 };
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
+Taps make_taps(const SsimWindow& win) {
+  Taps r;
+  r.lo = win.lo;
+  r.hi = win.lo + win.n - 1;
+  for (int i = 0; i < win.n; ++i) r.t[i] = static_cast<float>(win.taps[i]);
+  return r;
 }
 
 // Sum of one double per thread over the block; the result is valid in thread 0.
@@ -44,25 +41,6 @@ __device__ double block_sum(double v) {
     __syncthreads();
   }
   return sh[0];
-}
-
-// Taps whose weight relative to the centre is below 2^-24 cannot change a float32 sum.
-constexpr double kSkipF32 = 5.9604644775390625e-08;
-
-Taps make_taps(int64_t w, double sigma) {
-  Taps r;
-  const int64_t c = w / 2;
-  double sum = 0;
-  for (int64_t i = 0; i < w; ++i) {
-    const double d = static_cast<double>(i - c);
-    sum += std::exp(-(d * d) / (2.0 * sigma * sigma));
-  }
-  ssim_kept_taps(w, sigma, &r.lo, &r.hi);
-  for (int i = r.lo; i <= r.hi; ++i) {
-    const double d = static_cast<double>(i - c);
-    r.t[i - r.lo] = static_cast<float>(std::exp(-(d * d) / (2.0 * sigma * sigma)) / sum);
-  }
-  return r;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -323,28 +301,23 @@ inline dim3 row_grid(int64_t n, int64_t rows, int64_t planes) {
 
 }  // namespace
 
-int ssim_kept_taps(int64_t w, double sigma, int* lo, int* hi) {
-  const int c = static_cast<int>(w / 2);
-  int l = 0, h = static_cast<int>(w) - 1;
-  auto rel = [&](int i) {
-    const double d = static_cast<double>(i - c);
-    return std::exp(-(d * d) / (2.0 * sigma * sigma));
-  };
-  while (l < c && rel(l) < kSkipF32) ++l;
-  while (h > c && rel(h) < kSkipF32) --h;
-  *lo = l;
-  *hi = h;
-  return h - l + 1;
+// Padding and output size of the window over an (H, W) image.
+struct Geom {
+  int64_t pad, Ho, Wo;
+};
+
+inline Geom geom(const SsimWindow& win, int64_t H, int64_t W) {
+  const int64_t w = win.size;
+  return {win.same ? w / 2 : 0, win.same ? H : H - w + 1, win.same ? W : W - w + 1};
 }
 
 template <typename T>
 cudaError_t ssim_forward(const T* x, const T* y, int64_t P, int64_t C, int64_t H, int64_t W,
-                         int64_t w, double sigma, bool same, float c1, float c2, T* out,
-                         float* coefs, float* hbuf, double* partials, cudaStream_t stream) {
-  const Taps tp = make_taps(w, sigma);
-  if (tp.hi - tp.lo + 1 > kMaxTaps) return cudaErrorInvalidValue;
-  const int64_t pad = same ? w / 2 : 0;
-  const int64_t Ho = same ? H : H - w + 1, Wo = same ? W : W - w + 1;
+                         const SsimWindow& win, float c1, float c2, T* out, float* coefs, float* hbuf,
+                         double* partials, cudaStream_t stream) {
+  if (win.n < 1 || win.n > kMaxTaps) return cudaErrorInvalidValue;
+  const Taps tp = make_taps(win);
+  const auto [pad, Ho, Wo] = geom(win, H, W);
   ssim_hpass<T><<<row_grid(Wo, H, P), kBlock, 0, stream>>>(x, y, H, W, Wo, pad, tp, hbuf);
   const dim3 g = row_grid(Wo, Ho, P);
   ssim_vpass<<<g, kBlock, 0, stream>>>(hbuf, H, Ho, Wo, pad, tp, c1, c2, coefs, partials);
@@ -356,12 +329,11 @@ cudaError_t ssim_forward(const T* x, const T* y, int64_t P, int64_t C, int64_t H
 
 template <typename T>
 cudaError_t ssim_backward(const T* grad, const T* x, const T* y, const float* coefs, int64_t P,
-                          int64_t C, int64_t H, int64_t W, int64_t w, double sigma, bool same,
-                          float* vbuf, T* gx, T* gy, cudaStream_t stream) {
-  const Taps tp = make_taps(w, sigma);
-  if (tp.hi - tp.lo + 1 > kMaxTaps) return cudaErrorInvalidValue;
-  const int64_t pad = same ? w / 2 : 0;
-  const int64_t Ho = same ? H : H - w + 1, Wo = same ? W : W - w + 1;
+                          int64_t C, int64_t H, int64_t W, const SsimWindow& win, float* vbuf, T* gx,
+                          T* gy, cudaStream_t stream) {
+  if (win.n < 1 || win.n > kMaxTaps) return cudaErrorInvalidValue;
+  const Taps tp = make_taps(win);
+  const auto [pad, Ho, Wo] = geom(win, H, W);
   ssim_vt<<<row_grid(Wo, H, P), kBlock, 0, stream>>>(coefs, H, Ho, Wo, pad, tp, vbuf);
   const float inv_n = static_cast<float>(1.0 / static_cast<double>(C * Ho * Wo));
   ssim_ht<T><<<row_grid(W, H, P), kBlock, 0, stream>>>(vbuf, grad, x, y, C, H, W, Wo, pad, tp,
@@ -392,11 +364,11 @@ cudaError_t gradient_max_backward(const T* grad, const T* a, const T* b, const T
 
 #define HFK_INSTANTIATE(T)                                                                     \
   template cudaError_t ssim_forward<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, \
-                                       int64_t, double, bool, float, float, T*, float*, float*, \
+                                       const SsimWindow&, float, float, T*, float*, float*,    \
                                        double*, cudaStream_t);                                 \
   template cudaError_t ssim_backward<T>(const T*, const T*, const T*, const float*, int64_t,   \
-                                        int64_t, int64_t, int64_t, int64_t, double, bool,      \
-                                        float*, T*, T*, cudaStream_t);                         \
+                                        int64_t, int64_t, int64_t, const SsimWindow&, float*,  \
+                                        T*, T*, cudaStream_t);                                 \
   template cudaError_t gradient_max_forward<T>(const T*, const T*, const T*, int64_t, int64_t, \
                                                int64_t, T*, double*, cudaStream_t);            \
   template cudaError_t gradient_max_backward<T>(const T*, const T*, const T*, const T*,        \

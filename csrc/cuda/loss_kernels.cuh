@@ -1,7 +1,7 @@
 // Framework-free CUDA kernels of the training-loss ops (SSIM, Sobel gradient-max): launchers over
 // raw pointers and a cudaStream_t, no torch headers. The torch glue is loss_cuda.cpp; the
-// algorithm mirrors the CPU kernels in csrc/cpu/loss_cpu.cpp (same taps, same skipped taps, same
-// clamp and tie conventions, same fixed Sobel order). Inputs float / __half / __nv_bfloat16,
+// algorithm mirrors the CPU kernels in csrc/cpu/loss_cpu.cpp (the same kept taps, passed in by
+// the caller; same clamp and tie conventions, same fixed Sobel order). Inputs float / __half / __nv_bfloat16,
 // accumulation in float, sums of a whole image in double.
 //
 // Images are contiguous planes p = b*C + c of (H, W). Workspaces are allocated by the caller.
@@ -27,23 +27,28 @@ inline int64_t gm_partials(int64_t P, int64_t H, int64_t W) {
   return P * H * ((W + kBlock - 1) / kBlock);
 }
 
-// Kept tap range [lo, hi] of a window (taps below float32 resolution relative to the centre are
-// dropped, as on the CPU): returns hi - lo + 1.
-int ssim_kept_taps(int64_t window_size, double sigma, int* lo, int* hi);
+// The SSIM window: a window of `size` Gaussian taps of which the `n` kept ones `taps[0..n-1]`
+// (chosen by the caller, n <= kMaxTaps) sit at indices lo..lo+n-1; "same" (zero) or "valid" padding.
+struct SsimWindow {
+  const double* taps;
+  int n, lo;
+  int64_t size;
+  bool same;
+};
 
 // ssim forward: out (B,) per-image mean SSIM (B = P / C); coefs (P, 5, Ho, Wo) or nullptr;
 // hbuf workspace (P, 5, H, Wo) floats; partials workspace ssim_partials(...) doubles.
 template <typename T>
 cudaError_t ssim_forward(const T* x, const T* y, int64_t P, int64_t C, int64_t H, int64_t W,
-                         int64_t window_size, double sigma, bool same, float c1, float c2, T* out,
-                         float* coefs, float* hbuf, double* partials, cudaStream_t stream);
+                         const SsimWindow& win, float c1, float c2, T* out, float* coefs, float* hbuf,
+                         double* partials, cudaStream_t stream);
 
 // ssim backward: gx, gy (P, H, W) from grad (B,) and the forward's coefs; vbuf workspace
 // (P, 5, H, Wo) floats.
 template <typename T>
 cudaError_t ssim_backward(const T* grad, const T* x, const T* y, const float* coefs, int64_t P,
-                          int64_t C, int64_t H, int64_t W, int64_t window_size, double sigma,
-                          bool same, float* vbuf, T* gx, T* gy, cudaStream_t stream);
+                          int64_t C, int64_t H, int64_t W, const SsimWindow& win, float* vbuf, T* gx,
+                          T* gy, cudaStream_t stream);
 
 // gradient-max forward: out (0-dim); partials workspace gm_partials(...) doubles.
 template <typename T>

@@ -5,6 +5,9 @@ one row per benchmark, grouped as in pytest-benchmark's own output, with what th
 each benchmark's ``extra_info``: the ratio to the reference measured in the same run, peak memory,
 the speed targets (met or missed), headline figures (images/s, bandwidth...) and the paper's
 figure where one exists. ``--plot`` draws the median times as a PNG bar chart (needs matplotlib).
+
+It lives in the package, not in ``benchmarks/``, because ``hfkernels bench`` is a command of the
+installed CLI (``benchmarks/`` is not installed) and it reads only the JSON files, never the suites.
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .. import guidance as G
 from . import CLIError, parse_device
 
 
@@ -20,7 +21,9 @@ def register(sub):
     p.add_argument("--ir", required=True, help="infrared image (second source) or folder")
     p.add_argument("--out", required=True, help="output image (single pair) or folder")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--mu", default="heuristic", help="'heuristic' (default) or a constant in [0,1]")
+    g.add_argument("--mu", default=None,
+                   help="'heuristic' or a constant in [0,1] (default: the trained guide shipped with "
+                        "hfkernels; `hfkernels info` names it)")
     g.add_argument("--checkpoint", default=None, help="a training run folder whose model predicts mu")
     p.add_argument("--levels", type=int, default=4)
     p.add_argument("--backend", default=None, help="triton | cuda | cpu | torch (default: best)")
@@ -31,35 +34,18 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def parse_mu(spec: str):
-    """'heuristic' or a float in [0,1]."""
-    if spec == "heuristic":
-        return spec
+def guidance_of(args, device):
+    """The guidance ``mu_fn(vis, ir) -> mu`` that ``--mu`` / ``--checkpoint`` ask for."""
     try:
-        c = float(spec)
-    except ValueError:
-        raise CLIError(f"--mu must be 'heuristic' or a number in [0, 1], got {spec!r}") from None
-    if not 0.0 <= c <= 1.0:
-        raise CLIError(f"--mu constant must lie in [0, 1], got {c}")
-    return c
+        mu = None if args.mu is None else G.parse(args.mu, "--mu")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    return G.resolve(mu, getattr(args, "checkpoint", None), device)
 
 
-def guidance_fn(args, device):
-    """Returns ``f(vis, ir) -> mu`` for (B,C,H,W) tensors in [0,1]."""
-    if getattr(args, "checkpoint", None):
-        from ..models import load_guidance  # provided by the training stack
-
-        return load_guidance(args.checkpoint, device=device)
-    spec = parse_mu(args.mu)
-    if spec == "heuristic":
-        from ..fusion import heuristic_guidance
-
-        return heuristic_guidance
-    return lambda vis, ir: torch.full_like(ir[:, :1], spec)
-
-
-def fuse_pair(vis_path, ir_path, mu_fn, args, device):
-    from ..fusion import fuse_color
+def fuse_pair(vis_path, ir_path, fusion, device):
+    """``(fused (1,C,H,W), mu (1,1,H,W))`` of one pair of files under a guided fusion."""
+    from ..evaluation import fused_and_mu
     from ..io import read_image
 
     vis = read_image(vis_path, "keep")[None].to(device)
@@ -69,9 +55,7 @@ def fuse_pair(vis_path, ir_path, mu_fn, args, device):
             f"size mismatch: {vis_path} is {tuple(vis.shape[-2:])}, {ir_path} is {tuple(ir.shape[-2:])}"
         )
     with torch.no_grad():
-        mu = mu_fn(vis, ir).clamp(0, 1)
-        out = fuse_color(vis, ir, mu, args.levels, backend=args.backend)
-    return out, mu
+        return fused_and_mu(fusion, vis, ir)
 
 
 #: sub-folder of the output folder that holds the guidance maps of --save-mu
@@ -125,15 +109,16 @@ def plan(args) -> list[tuple[Path, Path, Path]]:
 
 
 def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..evaluation import colour
     from ..io import write_image
 
     device = parse_device(args.device)
     jobs = plan(args)
-    mu_fn = guidance_fn(args, device)
-    from tqdm import tqdm
-
+    fusion = colour(guidance_of(args, device), args.levels, args.backend)
     for a, b, dst in tqdm(jobs, desc="fuse", unit="pair", disable=len(jobs) < 2):
-        fused, mu = fuse_pair(a, b, mu_fn, args, device)
+        fused, mu = fuse_pair(a, b, fusion, device)
         write_image(dst, fused)
         if args.save_mu:
             write_image(mu_path(dst), mu)

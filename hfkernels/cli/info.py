@@ -14,6 +14,7 @@ def register(sub):
 def run(args) -> int:
     from .. import __version__
     from ..backends import backend_status, env_preference
+    from ..guidance import describe_default
 
     try:
         import triton
@@ -25,6 +26,7 @@ def run(args) -> int:
     print(f"python    {platform.python_version()} ({platform.machine()})")
     print(f"torch     {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
     print(f"triton    {tv}")
+    print(f"guide     {describe_default()}")
     devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     for d in devices:
         name = torch.cuda.get_device_name(d) if d.startswith("cuda") else platform.processor() or "cpu"

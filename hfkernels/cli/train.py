@@ -80,7 +80,7 @@ def config_from_args(args):
     """``(TrainConfig, resume, overwrite)`` from parsed arguments. With ``--resume`` the settings
     saved in RUN/config.json are the starting point and only options given now change them."""
     from ..checkpoint import CONFIG_JSON, read_json
-    from ..train import DEFAULT_OUT, TrainConfig
+    from ..train_config import DEFAULT_OUT, TrainConfig
 
     out = args.out or DEFAULT_OUT
     cfg = TrainConfig()

@@ -133,19 +133,8 @@ def _single(name: str):
     return metric
 
 
-en = _single("EN")
-mi = _single("MI")
-vif = _single("VIF")
-qabf = _single("Qabf")
-ssim = _single("SSIM")
-sd = _single("SD")
-sf = _single("SF")
-ag = _single("AG")
-scd = _single("SCD")
-cc = _single("CC")
-psnr = _single("PSNR")
-mse = _single("MSE")
-nabf = _single("Nabf")
+# one function a metric, named after it in lower case (METRICS order)
+en, mi, vif, qabf, ssim, sd, sf, ag, scd, cc, psnr, mse, nabf = map(_single, METRICS)
 
 __all__ = [
     "METRICS", "PAPER_METRICS", "PROTOCOLS", "HIGHER_IS_BETTER", "evaluate", "check_names",

@@ -1,4 +1,7 @@
-"""Separable 'valid' Gaussian filtering, fast on CPUs and GPUs alike.
+"""Separable Gaussian filtering by banded matrix products, fast on CPUs and GPUs alike: the one
+implementation in the package, used by the metrics (valid windows, float64, subsampling) and by
+the "torch" backend of the SSIM loss (:func:`filter_rows` and :func:`band`, for its zero-padded
+and transposed passes).
 
 The metrics filter many full-size maps with small Gaussian windows (VIF: 17/9/5/3 taps, SSIM: 11),
 partly in float64 where local variances ``E[x^2] - E[x]^2`` would otherwise cancel catastrophically.
@@ -44,8 +47,9 @@ def matlab_gaussian(size: int, sigma: float, *, dtype=torch.float64, device=None
     return (t / t.sum()).to(dtype=dtype, device=device)
 
 
-def _band(taps: torch.Tensor, block: int, stride: int) -> torch.Tensor:
-    """(block, (block - 1) * stride + n) matrix B with B[i, i * stride + k] = taps[k]."""
+def band(taps: torch.Tensor, block: int, stride: int = 1) -> torch.Tensor:
+    """(block, (block - 1) * stride + n) matrix B with B[i, i * stride + k] = taps[k], in taps'
+    dtype and device: ``B @ rows`` filters ``block`` consecutive outputs at once."""
     n = taps.numel()
     b = torch.zeros(block, (block - 1) * stride + n, dtype=taps.dtype, device=taps.device)
     i = torch.arange(block, device=taps.device)
@@ -76,14 +80,14 @@ def _row_pass(x: torch.Tensor, taps: torch.Tensor, stride: int, block: int = _BL
     in_rows = (m - 1) * pitch + r  # global input rows that exist
     # blocks whose K input rows all exist; the last one or two may run past the end
     nfull = min(nb, (in_rows - k) // (p * stride) + 1) if in_rows >= k else 0
-    band = _band(taps, p, stride)
+    bmat = band(taps, p, stride)
     out = x.new_empty(nb * p, c)
 
     def gemm(v, o):  # o (blocks * p, c) rows of out
         if blocks_out:
-            torch.matmul(v.transpose(1, 2), band.t(), out=o.view(v.shape[0], c, p))
+            torch.matmul(v.transpose(1, 2), bmat.t(), out=o.view(v.shape[0], c, p))
         else:
-            torch.matmul(band, v, out=o.view(v.shape[0], p, c))
+            torch.matmul(bmat, v, out=o.view(v.shape[0], p, c))
 
     if nfull:
         gemm(x.as_strided((nfull, k, c), (p * stride * s_row, s_row, 1), base), out[: nfull * p])
@@ -111,6 +115,27 @@ def _rows_ready(x: torch.Tensor, stride: int) -> torch.Tensor:
     buf = x.new_zeros(m, r + (-r) % stride, c)
     buf[:, :r] = x
     return buf[:, :r]
+
+
+def filter_rows(x: torch.Tensor, taps: torch.Tensor, offset: int, out_len: int, block: int = _BLOCK) -> torch.Tensor:
+    """``out[:, p] = sum_j taps[j] * x[:, p + offset + j]`` for p in 0..out_len-1, along dim 1 of
+    x (M, R, C) with unit column stride, x taken as zero outside its R rows (so ``offset`` may be
+    negative and the window may run past the end: "same" padding and transposed passes).
+
+    Returns (M, out_len, C), a view of a fresh buffer (possibly not contiguous), in x's dtype
+    (``taps`` is cast to it). Rows already in range are read in place; only a window that runs
+    past the rows costs a zero-padded copy.
+    """
+    m, r, c = x.shape
+    n = taps.numel()
+    need = out_len + n - 1  # input rows offset .. offset + need - 1
+    lo, hi = max(offset, 0), min(offset + need, r)
+    if hi <= lo:
+        return x.new_zeros(m, out_len, c)
+    xs = x[:, lo:hi]
+    if lo - offset or offset + need - hi:
+        xs = torch.nn.functional.pad(xs, (0, 0, lo - offset, offset + need - hi))
+    return _row_pass(_rows_ready(xs, 1), taps.to(dtype=x.dtype, device=x.device), 1, block)
 
 
 def filter_valid(x: torch.Tensor, taps: torch.Tensor, stride: int = 1) -> torch.Tensor:

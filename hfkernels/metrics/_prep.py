@@ -16,11 +16,14 @@ from functools import cached_property
 
 import torch
 
+from .._validate import tensor4d
+from ..reference import LUMA
+
 PROTOCOLS = ("paper", "standard")
 #: a value this close to an integer counts as that integer before truncation
 SNAP = 1e-4
 PAPER_GRAY = (0.2989, 0.5870, 0.1140)
-STANDARD_GRAY = (0.299, 0.587, 0.114)
+STANDARD_GRAY = LUMA  # BT.601, the same weights as the fusion's colour path
 
 
 def check_protocol(protocol) -> str:
@@ -30,18 +33,9 @@ def check_protocol(protocol) -> str:
 
 
 def _as_image_batch(x, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 3:
-        x = x[None]
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be (B, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
+    x = tensor4d(x, name, batch_optional=True)
     if x.shape[1] not in (1, 3):
         raise ValueError(f"{name} must have 1 or 3 channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor with values in [0, 1], got {x.dtype}")
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     return x
 
 
@@ -117,6 +111,9 @@ def levels(x255: torch.Tensor, protocol: str) -> torch.Tensor:
 class Prepared:
     """The three images scaled to 0..255, their gray versions, and cached derived maps.
 
+    Maps that only one metric family uses (e.g. the Sobel responses) are built by that family's
+    module and kept in ``cache``, so this module depends on no metric.
+
     Work dtype: float64 if any input is float64, else float32. ``a``, ``b``, ``f``: (B, C, H, W);
     ``ga``, ``gb``, ``gf``: (B, 1, H, W).
     """
@@ -139,13 +136,6 @@ class Prepared:
         """(3, B, H*W) int64 levels of gray A, gray B, gray F."""
         g = torch.stack([self.ga, self.gb, self.gf]).flatten(2)
         return levels(g, self.protocol)
-
-    @cached_property
-    def sobel(self):
-        """Sobel responses of gray A, B, F, each (3, B, H, W): gx, gy (zero padding, same size)."""
-        from .gradient import sobel_xy
-
-        return sobel_xy(torch.cat([self.ga, self.gb, self.gf], dim=1))
 
     @cached_property
     def gray64(self) -> torch.Tensor:

@@ -1,10 +1,8 @@
-"""Pixel statistics: SD, MSE, PSNR (float64, on gray images 0..255; same in both protocols,
-apart from the gray conversion).
+"""Pixel statistics on gray images 0..255, in float64: SD, MSE and PSNR.
 
 - SD: population standard deviation of gray F.
 - MSE = (mean((A - F)^2) + mean((B - F)^2)) / 2.
-- PSNR = 10 log10(255^2 / MSE); +inf when MSE = 0 (F equals both sources), the formula's
-  limit, as other libraries report it; no finite cap would be right for every use.
+- PSNR = 10 log10(255^2 / MSE), ``+inf`` when MSE = 0 (docs/design.md, section 8.7).
 """
 from __future__ import annotations
 

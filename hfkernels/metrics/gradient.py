@@ -89,6 +89,13 @@ def edge_preservation(gs, as_, gf, af, protocol: str) -> torch.Tensor:
     return qg.mul_(qa).reciprocal_().mul_(_TG * _TA)
 
 
+def _sobel(x: Prepared):
+    """Sobel gx, gy of gray A, B, F, each (B, 3, H, W), built once per batch."""
+    if "sobel" not in x.cache:  # shared by Qabf and Nabf
+        x.cache["sobel"] = sobel_xy(torch.cat([x.ga, x.gb, x.gf], dim=1))
+    return x.cache["sobel"]
+
+
 def _q_maps(x: Prepared):
     if "q_maps" not in x.cache:  # shared by Qabf and Nabf
         x.cache["q_maps"] = _compute_q_maps(x)
@@ -97,7 +104,7 @@ def _q_maps(x: Prepared):
 
 def _compute_q_maps(x: Prepared):
     """Strengths g (B, 3, H, W) of A, B, F and the weighted Q_SF * gS (B, 2, H, W) of A, B."""
-    gx, gy = x.sobel  # (B, 3, H, W): A, B, F
+    gx, gy = _sobel(x)  # (B, 3, H, W): A, B, F
     g, a = strength_angle(gx, gy)
     q = edge_preservation(g[:, :2], a[:, :2], g[:, 2:], a[:, 2:], x.protocol)  # (B, 2, H, W)
     return g, q.mul_(g[:, :2])
@@ -106,7 +113,7 @@ def _compute_q_maps(x: Prepared):
 def _equal_weight_q(x: Prepared, idx: torch.Tensor):
     """For the images ``idx`` (whose sources have no edges): Q_SF (n, 2, H, W) unweighted, and
     the strengths g (n, 3, H, W)."""
-    gx, gy = x.sobel
+    gx, gy = _sobel(x)
     g, a = strength_angle(gx[idx], gy[idx])
     return edge_preservation(g[:, :2], a[:, :2], g[:, 2:], a[:, 2:], x.protocol), g
 

@@ -1,10 +1,10 @@
-"""Histogram metrics: EN (entropy) and MI (mutual information), batched with ``bincount``.
+"""Histogram metrics, batched with ``bincount``: EN (entropy) and MI (mutual information).
 
-- EN(F), paper: 256-bin histogram of *all channels* of F truncated to levels 0..255,
-  ``-sum p log2(p + 1e-7)``. Standard: histogram of gray F rounded to the nearest level,
-  ``-sum p log2 p`` over non-empty bins.
-- MI = MI(gray A, gray F) + MI(gray B, gray F), each ``H(x) + H(y) - H(x, y)`` from a 256x256
-  joint histogram of the levels (truncated: paper; rounded: standard), log2, empty bins skipped.
+- EN: entropy of a 256-bin histogram of F (paper: all channels, truncated levels,
+  ``-sum p log2(p + 1e-7)``; standard: gray F, rounded levels, non-empty bins).
+- MI = MI(gray A, gray F) + MI(gray B, gray F) in bits, from 256x256 joint histograms.
+
+Protocol details: docs/design.md, sections 8.1 and 8.2.
 """
 from __future__ import annotations
 

@@ -1,23 +1,12 @@
-"""Structural metrics: SSIM, SCD, CC (float64, on gray images 0..255).
+"""Structural metrics on gray images 0..255, in float64: SSIM, SCD and CC.
 
-SSIM = SSIM(gray A, gray F) + SSIM(gray B, gray F), each the mean of the SSIM map over the
-'valid' region of an 11x11 Gaussian window (sigma 1.5):
+- SSIM = SSIM(gray A, gray F) + SSIM(gray B, gray F): 11x11 Gaussian window (sigma 1.5), valid
+  region, unclamped variances. ``paper`` uses C1 = 0.01^2, C2 = 0.03^2 (what the released code's
+  double scaling by 255 amounts to), ``standard`` (0.01 * 255)^2 and (0.03 * 255)^2.
+- CC = (r(A, F) + r(B, F)) / 2 and SCD = r(F - B, A) + r(F - A, B), Pearson correlations over
+  all pixels, from the 3x3 covariance matrix of A, B, F; 0 where a factor has no variance.
 
-    ((2 mx my + C1)(2 sxy + C2)) / ((mx^2 + my^2 + C1)(sx^2 + sy^2 + C2))
-
-- paper: the released evaluation multiplies the 0..255 values by 255 once more and then uses
-  C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2; SSIM is invariant under scaling the images by s and
-  the constants by s^2, so this is computed as C1 = 0.01^2, C2 = 0.03^2 on the 0..255 values.
-- standard: the textbook constants for 8-bit data, C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2.
-
-CC = (r(A, F) + r(B, F)) / 2 and SCD = r(F - B, A) + r(F - A, B), with r the Pearson correlation
-over all pixels (Aslantas & Bendes' sum of the correlations of differences); both from the 3x3
-covariance matrix of A, B, F (covariances are bilinear, so r(F - B, A) needs no difference image).
-
-r(X, Y) is 0 when X or Y has no variance (a constant image, or F - B = 0 when F equals B): no
-linear relation is measurable, and 0/0 would be NaN. "No variance" is ``N var(X) <= 1e-12
-sum(X^2)``: exact zero for 8-bit levels, and above the rounding of the one-pass covariance
-(~1e-15 relative) for other values. Correlations are clamped to [-1, 1] against rounding.
+Derivations and the degenerate-input rules: docs/design.md, sections 8.2, 8.5 and 8.7.
 """
 from __future__ import annotations
 
@@ -64,7 +53,7 @@ def ssim_prepared(x: Prepared) -> torch.Tensor:
     return ssim_pairs(x.moment_maps, *ssim_constants(x.protocol)).sum(dim=1)
 
 
-#: N var(X) at or below this fraction of sum(X^2) counts as no variance (see module docstring)
+#: N var(X) at or below this fraction of sum(X^2) counts as no variance (docs/design.md, section 8.7)
 FLAT = 1e-12
 
 

@@ -1,23 +1,9 @@
 """VIF: multi-scale pixel-domain visual information fidelity (``vifp_mscale``), in float64.
 
-VIF = VIF(gray A, gray F) + VIF(gray B, gray F) (same in both protocols). For one pair (ref, dist),
-over scales s = 1..4 with window N = 2^(5-s) + 1 and Gaussian sigma N/5 (MATLAB fspecial):
-for s > 1, ref and dist are filtered ('valid') and subsampled by 2 in both directions; then with
-'valid' local moments mu1, mu2, s1 = sigma1^2, s2 = sigma2^2, s12 (variances clamped at 0):
-
-    g = s12 / (s1 + 1e-10),  sv = s2 - g s12
-    where s1 < 1e-10: g = 0, sv = s2, s1 = 0
-    where s2 < 1e-10: g = 0, sv = 0
-    where g < 0:      sv = s2, g = 0
-    sv = max(sv, 1e-10)
-    VIF = sum_s sum log10(1 + g^2 s1 / (sv + 2)) / sum_s sum log10(1 + s1 / 2)
-
-float64 because ``E[x^2] - E[x]^2`` cancels in flat regions, where the 1e-10 thresholds decide.
-
-A source with no texture at all (s1 < 1e-10 in every window at every scale, e.g. a constant
-image) makes its denominator 0, and then its numerator is 0 too (g = 0 everywhere): that pair's
-VIF is 1, the value of VIF(S, S) for every textured S -- the fused image keeps all of the
-source's (zero) information. The sum over the two pairs is then 1 + VIF(other source, F).
+``VIF = VIF(gray A, gray F) + VIF(gray B, gray F)``, the same in both protocols, over four
+scales with Gaussian windows of 17, 9, 5 and 3 taps and noise variance 2. The threshold cascade,
+why it runs in float64, and the value 1 for a source without texture (where the formula is
+0/0) are in docs/design.md, sections 8.3 and 8.7.
 """
 from __future__ import annotations
 
@@ -81,6 +67,6 @@ def vif_prepared(x: Prepared) -> torch.Tensor:
             f"windows), got {g.shape[-1]}x{g.shape[-2]}"
         )
     num, den = vif_terms(g, x.moment_maps)
-    # den == 0 only for a source without texture, where num == 0 as well (see module docstring)
+    # den == 0 only for a source without texture, where num == 0 as well (docs/design.md, 8.7)
     # (== 0, not <= 0: anything else, NaN included, must show through)
     return torch.where(den == 0, 1.0, num / den).sum(dim=1)

@@ -50,7 +50,8 @@ in their own dtype. Inputs may have any strides; outputs and temporaries are con
 
 Registration: ``hfkernels::fuse_triton`` (returns the output and the saved buffer) and
 ``hfkernels::fuse_triton_backward`` are ``torch.library.triton_op``s launching through
-``wrap_triton``, with ``register_autograd`` and explicit fake implementations (under
+``wrap_triton`` (tiles from :class:`hfkernels.ops._host.Tiling`), wired for autograd by
+:func:`hfkernels.ops._wiring.wire` with explicit fake implementations (under
 ``TRITON_INTERPRET=1`` ``wrap_triton`` cannot trace, so the fakes only compute shapes). If triton
 cannot be imported this module registers nothing.
 """
@@ -66,7 +67,10 @@ try:
 except Exception:  # ImportError, or a broken install: the registry reports why "triton" is absent
     triton = None
 
-from ..backends import implements, triton_interpreting
+from ..backends import implements
+from ._host import Tiling, compute_dtype
+from ._wiring import wire
+from .fuse_torch import fuse_reference_vjp
 
 if triton is not None:
     # 1-D Gaussian taps of the pyramid kernel (sigma 1, offsets -2..2, sum 1), in float64 here;
@@ -548,29 +552,10 @@ def _numel(n: int, c: int, sizes) -> int:
     return sum(n * c * h * w for h, w in sizes)
 
 
-def _pow2(x: int) -> int:
-    return 1 << max(int(x) - 1, 0).bit_length()
-
-
-def _tile_shape(rows: int, cols: int) -> tuple[int, int]:
-    """(BH, BW) for a rows x cols launch (rows = stacked planes). GPU: 256-element tiles with up
-    to 64 contiguous columns (coalesced), two elements per thread at 4 warps: every element a
-    thread owns multiplies the registers its gathers hold (at 512 the heaviest kernels need
-    over 100 registers, at 256 at most about 80 on the paper's shapes; see
-    benchmarks/resources.py). Triton's interpreter pays per operation, not per element, so
-    there one big tile covers a whole level."""
-    if triton_interpreting():
-        bw = min(_pow2(cols), 128)
-        return min(_pow2(rows), max(16384 // bw, 1)), bw
-    bw = min(max(_pow2(cols), 16), 64)
-    return 256 // bw, bw
-
-
-def _launch(kernel, rows: int, cols: int, *args, **meta):
-    """Launch ``kernel`` over a rows x cols output, one BH x BW tile per program, 4 warps."""
-    bh, bw = _tile_shape(rows, cols)
-    grid = (triton.cdiv(rows, bh), triton.cdiv(cols, bw))
-    wrap_triton(kernel)[grid](*args, BH=bh, BW=bw, num_warps=4, **meta)
+# GPU: 256-element tiles, two elements per thread at 4 warps: every element a thread owns
+# multiplies the registers its gathers hold (at 512 the heaviest kernels need over 100
+# registers, at 256 at most about 80 on the paper's shapes; see benchmarks/resources.py).
+_TILES = Tiling(256, 16384)
 
 
 if triton is not None:
@@ -582,8 +567,8 @@ if triton is not None:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (out (B,C,H,W) in vis.dtype, packed G_1..G_L of ir - vis, saved for backward)."""
         n, c, h, w = vis.shape
-        acc64 = vis.dtype == torch.float64
-        cdt = torch.float64 if acc64 else torch.float32
+        cdt = compute_dtype(vis)
+        acc64 = cdt == torch.float64
         sizes = _sizes(h, w, levels)
         irx = ir.expand(n, c, h, w)  # channel stride 0 when ir broadcasts
         mst = (mu.stride(0), mu.stride(2), mu.stride(3))
@@ -594,8 +579,8 @@ if triton is not None:
         for k in range(levels):  # G_{k+1} = down(G_k); R_L = mu_L G_L at the top
             src = irx if k == 0 else gl[k - 1]
             (hi, wi), (ho, wo) = sizes[k], sizes[k + 1]
-            _launch(
-                _down_kernel, n * c * ho, wo,
+            _TILES.launch(
+                wrap_triton(_down_kernel), n * c * ho, wo,
                 src, vis, gl[k], mu, rl[k],
                 c, hi, wi, ho, wo, h, w, n * c * ho,
                 *src.stride(), *vis.stride(), *mst,
@@ -604,8 +589,8 @@ if triton is not None:
         for k in reversed(range(levels)):  # R_k = up(R_{k+1}) + mu_k (G_k - up(G_{k+1}))
             (hk, wk), (hc, wc) = sizes[k], sizes[k + 1]
             gk = irx if k == 0 else gl[k - 1]
-            _launch(
-                _up_blend_kernel, n * c * hk, wk,
+            _TILES.launch(
+                wrap_triton(_up_blend_kernel), n * c * hk, wk,
                 rl[k], gl[k], gk, vis, mu, out if k == 0 else rl[k - 1],
                 c, hc, wc, hk, wk, h, w, n * c * hk,
                 *gk.stride(), *vis.stride(), *mst,
@@ -633,8 +618,8 @@ if triton is not None:
             (hf, wf), (hk, wk) = sizes[k - 1], sizes[k]
             hsrc = grad if k == 1 else hl[k - 2]
             esrc = grad if k == 1 else el[k - 2]
-            _launch(
-                _up_adjoint_kernel, n * c * hk, wk,
+            _TILES.launch(
+                wrap_triton(_up_adjoint_kernel), n * c * hk, wk,
                 hsrc, esrc, mu, hl[k - 1], el[k - 1], sl[k - 1],
                 c, hf, wf, hk, wk, h, w, n * c * hk,
                 *hsrc.stride(), *mst,
@@ -644,8 +629,8 @@ if triton is not None:
             top = k == levels
             (hk, wk), (hc, wc) = sizes[k], sizes[min(k + 1, levels)]
             nxt = k if top else k + 1  # level k+1's buffers (unused at the top)
-            _launch(
-                _down_adjoint_kernel, n * hk, wk,
+            _TILES.launch(
+                wrap_triton(_down_adjoint_kernel), n * hk, wk,
                 sl[k - 1], sl[nxt - 1], gl[k - 1], gl[nxt - 1], hl[k - 1], ml[k - 1],
                 c, hk, wk, hc, wc, n * hk,
                 TOP=top, FIX_H=(not top) and hk != 2 * hc, FIX_W=(not top) and wk != 2 * wc,
@@ -655,8 +640,8 @@ if triton is not None:
         gir = torch.empty((n, cir, h, w), dtype=ir.dtype, device=ir.device)
         gmu = torch.empty((n, 1, h, w), dtype=mu.dtype, device=mu.device)
         hc, wc = sizes[1]
-        _launch(
-            _final_kernel, n * h, w,
+        _TILES.launch(
+            wrap_triton(_final_kernel), n * h, w,
             grad, vis, irx, mu, sl[0], gl[0], mbuf, gvis, gir, gmu,
             n, c, h, w, hc, wc,
             *grad.stride(), *vis.stride(), *irx.stride(), *mst,
@@ -665,35 +650,15 @@ if triton is not None:
         )
         return gvis, gir, gmu
 
-    # Explicit fake (meta) implementations: shapes only. triton_op would trace the bodies
-    # instead, which needs real Triton kernels (under TRITON_INTERPRET=1 they would run).
-    @fuse_triton_fwd.register_fake
-    def _(vis, ir, mu, levels):
+    # Explicit fake: shapes only. triton_op would trace the body instead, which needs real
+    # Triton kernels (under TRITON_INTERPRET=1 they would run).
+    def _fake_fwd(vis, ir, mu, levels):
         n, c, h, w = vis.shape
-        cdt = torch.float64 if vis.dtype == torch.float64 else torch.float32
-        return vis.new_empty(vis.shape), vis.new_empty(_numel(n, c, _sizes(h, w, levels)[1:]), dtype=cdt)
+        return vis.new_empty(vis.shape), vis.new_empty(_numel(n, c, _sizes(h, w, levels)[1:]), dtype=compute_dtype(vis))
 
-    @fuse_triton_bwd.register_fake
-    def _(grad, vis, ir, mu, gbuf, levels):
-        return vis.new_empty(vis.shape), ir.new_empty(ir.shape), mu.new_empty(mu.shape)
-
-    def _setup_context(ctx, inputs, output):
-        vis, ir, mu, levels = inputs
-        _, gbuf = output
-        ctx.mark_non_differentiable(gbuf)
-        ctx.save_for_backward(vis, ir, mu, gbuf)
-        ctx.levels = levels
-
-    def _backward(ctx, grad, _grad_gbuf):
-        vis, ir, mu, gbuf = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: the kernels are first-order only
-            from .fuse_torch import fuse_reference_vjp
-
-            return (*fuse_reference_vjp(grad, vis, ir, mu, ctx.levels), None)
-        gvis, gir, gmu = fuse_triton_bwd(grad, vis, ir, mu, gbuf, ctx.levels)
-        return gvis, gir, gmu, None
-
-    fuse_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
+    # the backward reads the inputs and the saved G_1..G_L: (grad, vis, ir, mu, gbuf, levels)
+    wire(fuse_triton_fwd, tensors=3, kernel=fuse_triton_bwd, reference=fuse_reference_vjp, fake=_fake_fwd,
+         backward_op=fuse_triton_bwd)
 
     @implements("fuse", "triton")
     def fuse_triton(vis: torch.Tensor, ir: torch.Tensor, mu: torch.Tensor, levels: int) -> torch.Tensor:

@@ -7,10 +7,22 @@ SSIM is a ``torch.library`` custom op with its own backward:
   ``T``): BLAS does the multiply-adds, about 20x faster on CPU than ``conv1d``/``conv2d`` with
   one channel, and the zero padding of "same" (and of the transposed passes) is handled by
   cutting columns off ``T`` at the edges rather than by padding copies;
-- taps whose weight is below ``eps(dtype) / 100`` are dropped (a window of 48 at sigma 1.5 keeps
-  19 taps in float32, 27 in float64); the valid output range still follows the full window;
-- backward differentiates only the pointwise SSIM formula with autograd (so its conventions at
-  the clamps are torch's) and runs the transposed filter on the five gradient maps.
+- only the taps :func:`kept_taps` keeps are applied (a window of 48 at sigma 1.5 keeps 17 taps in
+  float32, 25 in float64), by every backend; the valid output range still follows the full window;
+- the derivative maps of the pointwise SSIM formula w.r.t. the five statistics come from
+  autograd (so its conventions at the clamps are torch's); backward scales them by the incoming
+  gradient and runs the transposed filter on them.
+
+What SSIM saves for backward, on every backend (torch, cpu/cuda, triton): the inputs ``x``, ``y``
+(references, no copies) and the five derivative maps ``d ssim_map / d (E[x], E[y], E[x^2],
+E[y^2], E[xy])`` at output resolution (5 x B x C x H' x W' values in float32, float64 for
+float64 inputs; the layout is each backend's). The forward writes them only when an input
+requires grad (:func:`hfkernels.ops._wiring.wants_grad`; an empty tensor otherwise) and a
+backward that finds them empty recomputes them. Why: they are exactly what the backward filters,
+and the forward has every statistic in registers when it forms the SSIM map, so keeping them
+spares the backward a second window filter over five full-size maps (the dominant cost) for the
+memory of five output-sized maps. Every backend makes the same trade, so switching backends
+changes neither a training step's memory nor the work its backward repeats.
 
 ``gradient_max`` evaluates ``loss_reference.sobel_replicate`` on one stacked tensor without
 autograd; its backward forms the per-pixel coefficients with autograd's conventions (sign(0) = 0,
@@ -25,8 +37,10 @@ import torch.nn.functional as F
 
 from .. import loss_reference as lref
 from ..backends import implements
+from ..metrics._filters import band, filter_rows
 from ..reference import gaussian_taps
-from .fuse_torch import differentiable_vjp
+from ._host import geometry
+from ._wiring import differentiable_vjp, wants_grad, wire
 
 _HALF = (torch.float16, torch.bfloat16)
 # Block lengths of the banded products: measured best on a 2-core CPU for 480x640 images.
@@ -40,11 +54,17 @@ _BLOCK_COLS = 32
 
 @functools.lru_cache(maxsize=64)
 def kept_taps(window_size: int, sigma: float, dtype: torch.dtype) -> tuple[tuple[float, ...], int]:
-    """``(taps, lo)``: the window's normalised Gaussian taps from index ``lo`` on, without the
-    leading/trailing taps below ``eps(dtype)/100`` (they cannot change a result at that precision).
+    """The SSIM window's taps that every backend applies: ``(taps, lo)``, the normalised Gaussian
+    taps of :func:`hfkernels.reference.gaussian_taps` from index ``lo`` on, ``len(taps) <= window_size``.
+
+    The one rule, for every backend (torch, Triton, and the C++/CUDA kernels, which receive the
+    result): the leading and trailing taps below half an ulp of the centre tap in ``dtype`` (the
+    accumulation dtype: float64 for float64 inputs, else float32) are dropped; ``t_i < t_c eps/2``
+    cannot change a sum that holds the centre term. A window of 48 at sigma 1.5 keeps 17 taps in
+    float32 and 25 in float64.
     """
     t = gaussian_taps(window_size, sigma)
-    keep = (t >= torch.finfo(dtype).eps * 1e-2).nonzero().flatten()
+    keep = (t >= t[window_size // 2] * (torch.finfo(dtype).eps / 2)).nonzero().flatten()
     lo, hi = int(keep[0]), int(keep[-1])
     return tuple(float(v) for v in t[lo : hi + 1]), lo
 
@@ -52,12 +72,7 @@ def kept_taps(window_size: int, sigma: float, dtype: torch.dtype) -> tuple[tuple
 @functools.lru_cache(maxsize=64)
 def _band(taps: tuple[float, ...], block: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(block, block + k - 1) matrix with row p holding the taps at columns p..p+k-1."""
-    k = len(taps)
-    t = torch.tensor(taps, dtype=torch.float64)
-    band = torch.zeros(block, block + k - 1, dtype=torch.float64)
-    for p in range(block):
-        band[p, p : p + k] = t
-    return band.to(dtype=dtype, device=device)
+    return band(torch.tensor(taps, dtype=torch.float64), block).to(dtype=dtype, device=device)
 
 
 def filter1d(x: torch.Tensor, taps: tuple[float, ...], dim: int, offset: int, out_len: int) -> torch.Tensor:
@@ -86,36 +101,15 @@ def _filter_cols(x, taps, offset, out_len):
 
 
 def _filter_rows(x, taps, offset, out_len):
-    # All row blocks in one batched product over overlapping windows (``unfold`` is a view):
-    # ``matmul(out=row slice)`` is very slow on CPU, a zero-padded copy of the rows is not.
-    r, k = x.shape[-2], len(taps)
-    block = max(1, min(_BLOCK_ROWS, out_len))
-    nb = -(-out_len // block)
-    need = nb * block + k - 1  # rows offset .. offset + need - 1
-    lo, hi = max(offset, 0), min(offset + need, r)
-    if hi <= lo:
-        return x.new_zeros(x.shape[:-2] + (out_len, x.shape[-1]))
-    xs = x[:, lo:hi]
-    pad_before, pad_after = lo - offset, offset + need - hi
-    if pad_before or pad_after:
-        xs = torch.nn.functional.pad(xs, (0, 0, pad_before, pad_after))
-    win = xs.unfold(-2, block + k - 1, block).transpose(-1, -2)  # (N, nb, block+k-1, C)
-    out = torch.matmul(_band(taps, block, x.dtype, x.device), win)  # (N, nb, block, C)
-    return out.reshape(x.shape[0], nb * block, x.shape[-1])[:, :out_len]
-
-
-def _geometry(n: int, window_size: int, lo: int, padding: str) -> tuple[int, int]:
-    """(offset, out_len) of the kept taps for an axis of length n."""
-    if padding == "valid":
-        return lo, n - window_size + 1
-    return lo - window_size // 2, n
+    # The metrics' row pass: all row blocks in one batched product over overlapping windows.
+    return filter_rows(x, torch.tensor(taps, dtype=torch.float64), offset, out_len, _BLOCK_ROWS)
 
 
 def filter2d(x: torch.Tensor, taps, lo: int, window_size: int, padding: str) -> torch.Tensor:
     """Separable Gaussian filtering of planes x (N, H, W) -> (N, H', W')."""
     _, h, w = x.shape
-    ox, nx = _geometry(w, window_size, lo, padding)
-    oy, ny = _geometry(h, window_size, lo, padding)
+    ox, nx = geometry(w, window_size, lo, padding)
+    oy, ny = geometry(h, window_size, lo, padding)
     return filter1d(filter1d(x, taps, -1, ox, nx), taps, -2, oy, ny)
 
 
@@ -123,8 +117,8 @@ def filter2d_transposed(g: torch.Tensor, taps, lo: int, window_size: int, paddin
     """Adjoint of :func:`filter2d`: (N, H', W') -> (N, H, W)."""
     k = len(taps)
     flipped = tuple(reversed(taps))
-    ox, _ = _geometry(w, window_size, lo, padding)
-    oy, _ = _geometry(h, window_size, lo, padding)
+    ox, _ = geometry(w, window_size, lo, padding)
+    oy, _ = geometry(h, window_size, lo, padding)
     g = filter1d(g, flipped, -2, -oy - (k - 1), h)
     return filter1d(g, flipped, -1, -ox - (k - 1), w)
 
@@ -155,14 +149,25 @@ def _stats(x, y, window_size, sigma, padding):
 def ssim_autograd(x, y, window_size: int, sigma: float, c1: float, c2: float, padding: str) -> torch.Tensor:
     """The "ssim" op's contract (B,) in plain differentiable PyTorch: two 1-D ``conv2d`` passes
     with every tap, then :func:`ssim_from_stats`. Half precision is computed in float32."""
+    taps = tuple(gaussian_taps(window_size, sigma).tolist())
+    return ssim_autograd_kept(x, y, taps, 0, window_size, c1, c2, padding)
+
+
+def ssim_autograd_kept(x, y, taps, lo: int, window_size: int, c1: float, c2: float, padding: str) -> torch.Tensor:
+    """:func:`ssim_autograd` with only the window's taps ``taps`` from index ``lo`` on (as
+    :func:`kept_taps` gives them): the exact, differentiable function of an op that receives
+    its taps, for its double backward. x, y (B,C,H,W) -> (B,)."""
     dtype = x.dtype
     if dtype in _HALF:
         x, y = x.float(), y.float()
     b, c, h, w = x.shape
-    t = gaussian_taps(window_size, sigma, dtype=x.dtype, device=x.device)
+    t = torch.tensor(taps, dtype=torch.float64).to(dtype=x.dtype, device=x.device)
     planes = torch.stack([x, y, x * x, y * y, x * y]).reshape(5 * b * c, 1, h, w)
     if padding == "same":
         planes = F.pad(planes, lref.same_padding(window_size))
+    # output pixel q reads window taps lo..lo+k-1, i.e. padded rows/columns q+lo .. q+lo+k-1
+    cut = window_size - lo - len(taps)
+    planes = planes[..., lo : planes.shape[-2] - cut, lo : planes.shape[-1] - cut]
     st = F.conv2d(F.conv2d(planes, t.view(1, 1, 1, -1)), t.view(1, 1, -1, 1))
     st = st.view(5, b, c, st.shape[-2], st.shape[-1])
     return ssim_from_stats(*st.unbind(0), c1, c2).flatten(1).mean(1).to(dtype)
@@ -180,33 +185,38 @@ def gradient_max_reference_vjp(grad, a, b, f):
     return differentiable_vjp(lref.gradient_max, grad, a, b, f)
 
 
+def _ssim_formula(c1: float, c2: float):
+    return lambda st: ssim_from_stats(*st.unbind(0), c1, c2)
+
+
 @torch.library.custom_op("hfkernels::ssim_torch", mutates_args=())
 def ssim_torch(
-    x: torch.Tensor, y: torch.Tensor, window_size: int, sigma: float, c1: float, c2: float, padding: str
+    x: torch.Tensor, y: torch.Tensor, window_size: int, sigma: float, c1: float, c2: float, padding: str,
+    save: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-image mean SSIM (B,), filtered statistics (5, B, C, H', W') kept for backward)."""
+    """(per-image mean SSIM (B,), derivative maps (5, B, C, H', W') if ``save`` else empty)."""
     st = _stats(x, y, window_size, sigma, padding)
-    smap = ssim_from_stats(*st.unbind(0), c1, c2)
-    return smap.flatten(1).mean(1), st
+    if not save:
+        return _ssim_formula(c1, c2)(st).flatten(1).mean(1), x.new_empty(0)
+    smap, vjp = torch.func.vjp(_ssim_formula(c1, c2), st)
+    (coefs,) = vjp(torch.ones_like(smap))
+    return smap.flatten(1).mean(1), coefs
 
 
-@ssim_torch.register_fake
-def _(x, y, window_size, sigma, c1, c2, padding):
+def _ssim_fake(x, y, window_size, sigma, c1, c2, padding, save):
     b, c, h, w = x.shape
     hh, ww = (h, w) if padding == "same" else (h - window_size + 1, w - window_size + 1)
-    return x.new_empty(b), x.new_empty(5, b, c, hh, ww)
+    return x.new_empty(b), x.new_empty((5, b, c, hh, ww) if save else (0,))
 
 
 @torch.library.custom_op("hfkernels::ssim_torch_backward", mutates_args=())
 def ssim_torch_backward(
-    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, st: torch.Tensor,
-    window_size: int, sigma: float, c1: float, c2: float, padding: str,
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, coefs: torch.Tensor,
+    window_size: int, sigma: float, padding: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _, b, c, hh, ww = st.shape
+    _, b, c, hh, ww = coefs.shape
     h, w = x.shape[-2:]
-    gmap = (grad / (c * hh * ww)).view(b, 1, 1, 1).expand(b, c, hh, ww)
-    _, vjp = torch.func.vjp(lambda s: ssim_from_stats(*s.unbind(0), c1, c2), st)
-    (gst,) = vjp(gmap.contiguous())
+    gst = coefs * (grad / (c * hh * ww)).reshape(1, b, 1, 1, 1)  # d loss / d map is grad[b] / (C H' W')
     taps, lo = kept_taps(window_size, sigma, x.dtype)
     g = filter2d_transposed(gst.reshape(5 * b * c, hh, ww), taps, lo, window_size, padding, h, w)
     g = g.view(5, b, c, h, w)
@@ -215,27 +225,16 @@ def ssim_torch_backward(
     return gx, gy
 
 
-@ssim_torch_backward.register_fake
-def _(grad, x, y, st, window_size, sigma, c1, c2, padding):
-    return x.new_empty(x.shape), y.new_empty(y.shape)
+def _ssim_backward(grad, x, y, coefs, window_size, sigma, c1, c2, padding, save):
+    if coefs.numel() == 0 and x.numel() > 0:  # the forward did not save them: recompute
+        _, coefs = ssim_torch(x, y, window_size, sigma, c1, c2, padding, True)
+    return ssim_torch_backward(grad, x, y, coefs, window_size, sigma, padding)
 
 
-def _setup(ctx, inputs, output):
-    x, y, window_size, sigma, c1, c2, padding = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(x, y, output[1])
-    ctx.args = (window_size, sigma, c1, c2, padding)
-
-
-def _backward(ctx, grad, _grad_stats):
-    x, y, st = ctx.saved_tensors
-    if torch.is_grad_enabled():  # create_graph=True: the custom op below is first-order only
-        return (*ssim_reference_vjp(grad, x, y, *ctx.args), None, None, None, None, None)
-    gx, gy = ssim_torch_backward(grad.contiguous(), x, y, st, *ctx.args)
-    return gx, gy, None, None, None, None, None
-
-
-ssim_torch.register_autograd(_backward, setup_context=_setup)
+wire(
+    ssim_torch, tensors=2, kernel=_ssim_backward, fake=_ssim_fake, backward_op=ssim_torch_backward,
+    reference=lambda grad, x, y, *args: ssim_reference_vjp(grad, x, y, *args[:5]),
+)
 
 
 @implements("ssim", "torch")
@@ -244,7 +243,9 @@ def ssim(x, y, window_size: int, sigma: float, c1: float, c2: float, padding: st
     dtype = x.dtype
     if dtype in _HALF:
         x, y = x.float(), y.float()
-    value, _ = ssim_torch(x.contiguous(), y.contiguous(), window_size, float(sigma), float(c1), float(c2), padding)
+    value, _ = ssim_torch(
+        x.contiguous(), y.contiguous(), window_size, float(sigma), float(c1), float(c2), padding, wants_grad(x, y)
+    )
     return value.to(dtype)
 
 
@@ -297,11 +298,6 @@ def gradient_max_torch(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> tor
     return lx + ly
 
 
-@gradient_max_torch.register_fake
-def _(a, b, f):
-    return f.new_empty(())
-
-
 @torch.library.custom_op("hfkernels::gradient_max_torch_backward", mutates_args=())
 def gradient_max_torch_backward(
     grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f: torch.Tensor
@@ -316,22 +312,10 @@ def gradient_max_torch_backward(
     return g[0].clone(), g[1].clone(), g[2].clone()  # own storage: custom ops may not alias
 
 
-@gradient_max_torch_backward.register_fake
-def _(grad, a, b, f):
-    return a.new_empty(a.shape), b.new_empty(b.shape), f.new_empty(f.shape)
-
-
-def _gm_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _gm_backward(ctx, grad):
-    if torch.is_grad_enabled():  # create_graph=True: the custom op below is first-order only
-        return gradient_max_reference_vjp(grad, *ctx.saved_tensors)
-    return gradient_max_torch_backward(grad, *ctx.saved_tensors)
-
-
-gradient_max_torch.register_autograd(_gm_backward, setup_context=_gm_setup)
+wire(
+    gradient_max_torch, tensors=3, kernel=gradient_max_torch_backward, reference=gradient_max_reference_vjp,
+    fake=lambda a, b, f: f.new_empty(()), backward_op=gradient_max_torch_backward,
+)
 
 
 @implements("gradient_max", "torch")

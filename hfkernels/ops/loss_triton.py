@@ -13,8 +13,11 @@ SSIM (planes = B*C stacked images, window taps without those below the dtype's r
 4. ``_ssim_hT_kernel``: the transposed horizontal filter, combined with the chain rule through
    the statistics (``gx = G_x + 2 x G_xx + y G_xy``, likewise gy) -> gradients in x's dtype.
 
-Nothing but the inputs is saved for backward: steps 1-2 are recomputed (cheaper than keeping
-five full-size maps alive through the training step).
+What is saved for backward is what every backend saves (see :mod:`hfkernels.ops.loss_torch`):
+the inputs and, when an input requires grad, the five derivative maps of step 2 for an incoming
+gradient of 1 (``G`` (5, planes, H', W'), written by a second launch of ``_ssim_v_kernel``
+in backward mode); the backward scales them per plane and runs steps 3-4. A backward without
+them recomputes steps 1-2.
 
 Gradient max: ``_gmax_fwd_kernel`` computes the three Sobel pairs (replicate padding, evaluated
 in the fixed order of ``loss_reference.sobel_replicate``) and per-tile partial sums of both L1
@@ -25,10 +28,13 @@ clamped borders).
 
 Arithmetic is float32 (float64 for float64 inputs); half inputs are loaded in their dtype.
 Inputs are made contiguous; offsets are 64-bit, so tensors past 2^31 elements are addressed
-correctly. Registration as in ``fuse_triton``: ``torch.library.triton_op``s
-with explicit fakes and ``register_autograd``. Without triton this module registers nothing.
+correctly. Registration as in ``fuse_triton``: ``torch.library.triton_op``s wired by
+:func:`hfkernels.ops._wiring.wire`, tiles from :class:`hfkernels.ops._host.Tiling`. Without
+triton this module registers nothing.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
@@ -38,8 +44,10 @@ try:
 except Exception:  # ImportError, or a broken install: the registry reports why "triton" is absent
     triton = None
 
-from ..backends import implements, triton_interpreting
-from .loss_torch import kept_taps
+from ..backends import implements
+from ._host import Tiling, compute_dtype, geometry
+from ._wiring import wants_grad, wire
+from .loss_torch import gradient_max_reference_vjp, kept_taps, ssim_reference_vjp
 
 if triton is not None:
 
@@ -60,6 +68,45 @@ if triton is not None:
         return tl.program_id(0).to(tl.int64) * BH + tl.arange(0, BH)[:, None]
 
     @triton.jit
+    def _cols(BW: tl.constexpr):
+        """This program's columns as a [1, BW] vector."""
+        return tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
+
+    @triton.jit
+    def _zeros5(BH: tl.constexpr, BW: tl.constexpr, ACC64: tl.constexpr):
+        """Five zero accumulators, one per statistic (x, y, x^2, y^2, xy)."""
+        # five separate tensors: never one object aliased five times (the interpreter runs on arrays)
+        return (_acc_zero(BH, BW, ACC64), _acc_zero(BH, BW, ACC64), _acc_zero(BH, BW, ACC64),
+                _acc_zero(BH, BW, ACC64), _acc_zero(BH, BW, ACC64))
+
+    @triton.jit
+    def _store5(ptr, n, o, v0, v1, v2, v3, v4, mask):
+        """Store five maps at ptr + s * n + o, s = 0..4 (a statistic's index times its size)."""
+        tl.store(ptr + o, v0, mask=mask)
+        tl.store(ptr + n + o, v1, mask=mask)
+        tl.store(ptr + 2 * n + o, v2, mask=mask)
+        tl.store(ptr + 3 * n + o, v3, mask=mask)
+        tl.store(ptr + 4 * n + o, v4, mask=mask)
+
+    @triton.jit
+    def _filter5(src, n, base, pos, step, lim, OFF, K, taps, ok,
+                 ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+        """sum_j taps[j] src[s * n + base + (pos + OFF + j) * step] for the five maps s = 0..4,
+        with zero outside 0 <= pos + OFF + j < lim: one 1-D filter pass over stacked statistics."""
+        a0, a1, a2, a3, a4 = _zeros5(BH, BW, ACC64)
+        for j in range(K):
+            r = pos + OFF + j
+            m = ok & (r >= 0) & (r < lim)
+            t = tl.load(taps + j)
+            i = base + r * step
+            a0 += t * tl.load(src + i, mask=m, other=0.0)
+            a1 += t * tl.load(src + n + i, mask=m, other=0.0)
+            a2 += t * tl.load(src + 2 * n + i, mask=m, other=0.0)
+            a3 += t * tl.load(src + 3 * n + i, mask=m, other=0.0)
+            a4 += t * tl.load(src + 4 * n + i, mask=m, other=0.0)
+        return a0, a1, a2, a3, a4
+
+    @triton.jit
     def _i64(x):
         """A size argument as int64 (ints equal to 1 arrive as constants, hence tl.cast)."""
         return tl.cast(x, tl.int64)
@@ -69,13 +116,9 @@ if triton is not None:
                        ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
         """h[s, g, q] = sum_j taps[j] stat_s[g, q + OFF + j]; rows g over planes*H."""
         g = _rows(BH)
-        q = tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
+        q = _cols(BW)
         ok = (g < NROWS) & (q < WO)
-        sx = _acc_zero(BH, BW, ACC64)
-        sy = _acc_zero(BH, BW, ACC64)
-        sxx = _acc_zero(BH, BW, ACC64)
-        syy = _acc_zero(BH, BW, ACC64)
-        sxy = _acc_zero(BH, BW, ACC64)
+        sx, sy, sxx, syy, sxy = _zeros5(BH, BW, ACC64)
         for j in range(K):
             c = q + OFF + j
             m = ok & (c >= 0) & (c < W)
@@ -87,40 +130,20 @@ if triton is not None:
             sxx += t * (xv * xv)
             syy += t * (yv * yv)
             sxy += t * (xv * yv)
-        o = g * WO + q
-        n = _i64(NROWS) * WO
-        tl.store(h + o, sx, mask=ok)
-        tl.store(h + n + o, sy, mask=ok)
-        tl.store(h + 2 * n + o, sxx, mask=ok)
-        tl.store(h + 3 * n + o, syy, mask=ok)
-        tl.store(h + 4 * n + o, sxy, mask=ok)
+        _store5(h, _i64(NROWS) * WO, g * WO + q, sx, sy, sxx, syy, sxy, ok)
 
     @triton.jit
     def _ssim_v_kernel(h, taps, gscale, out, NP, H, HO, WO, OFF, K, c1, c2,
                        BACKWARD: tl.constexpr, ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
         """Vertical filter of h (5, NP, H, WO) and the SSIM formula on rows g over NP*HO."""
         g = _rows(BH)
-        q = tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
+        q = _cols(BW)
         nrows = _i64(NP) * HO
         ok = (g < nrows) & (q < WO)
         plane = g // HO
         p = g % HO
-        n = _i64(NP) * H * WO
-        mu1 = _acc_zero(BH, BW, ACC64)
-        mu2 = _acc_zero(BH, BW, ACC64)
-        e11 = _acc_zero(BH, BW, ACC64)
-        e22 = _acc_zero(BH, BW, ACC64)
-        e12 = _acc_zero(BH, BW, ACC64)
-        for j in range(K):
-            r = p + OFF + j
-            m = ok & (r >= 0) & (r < H)
-            t = tl.load(taps + j)
-            i = (plane * H + r) * WO + q
-            mu1 += t * tl.load(h + i, mask=m, other=0.0)
-            mu2 += t * tl.load(h + n + i, mask=m, other=0.0)
-            e11 += t * tl.load(h + 2 * n + i, mask=m, other=0.0)
-            e22 += t * tl.load(h + 3 * n + i, mask=m, other=0.0)
-            e12 += t * tl.load(h + 4 * n + i, mask=m, other=0.0)
+        mu1, mu2, e11, e22, e12 = _filter5(h, _i64(NP) * H * WO, plane * H * WO + q, p, WO, H, OFF, K, taps, ok,
+                                           ACC64, BH, BW)
         mu11 = mu1 * mu1
         mu22 = mu2 * mu2
         mu12 = mu1 * mu2
@@ -156,12 +179,7 @@ if triton is not None:
             g2 = tl.where(v2 >= 0, gb2 + 0.5 * gbnd, 0.0)
             gm1 = 2 * mu2 * ga1 + 2 * mu1 * gb1 - 2 * mu1 * g1 - mu2 * g12
             gm2 = 2 * mu1 * ga1 + 2 * mu2 * gb1 - 2 * mu2 * g2 - mu1 * g12
-            no = nrows * WO
-            tl.store(out + o, gm1, mask=ok)
-            tl.store(out + no + o, gm2, mask=ok)
-            tl.store(out + 2 * no + o, g1, mask=ok)
-            tl.store(out + 3 * no + o, g2, mask=ok)
-            tl.store(out + 4 * no + o, g12, mask=ok)
+            _store5(out, nrows * WO, o, gm1, gm2, g1, g2, g12, ok)
         else:
             tl.store(out + o, smap, mask=ok)
 
@@ -170,7 +188,7 @@ if triton is not None:
                             ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
         """dst[s, r] = sum_j taps[j] src[s, r + OFF + j] (zero outside 0..HIN-1); rows over NS*HOUT."""
         g = _rows(BH)
-        q = tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
+        q = _cols(BW)
         ok = (g < _i64(NS) * HOUT) & (q < W)
         s = g // HOUT
         r = g % HOUT
@@ -186,24 +204,9 @@ if triton is not None:
                         ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
         """Transposed horizontal filter of gv (5, NROWS, WO) and the chain rule to x, y."""
         g = _rows(BH)
-        q = tl.program_id(1) * BW + tl.arange(0, BW)[None, :]
+        q = _cols(BW)
         ok = (g < NROWS) & (q < W)
-        n = _i64(NROWS) * WO
-        a0 = _acc_zero(BH, BW, ACC64)
-        a1 = _acc_zero(BH, BW, ACC64)
-        a2 = _acc_zero(BH, BW, ACC64)
-        a3 = _acc_zero(BH, BW, ACC64)
-        a4 = _acc_zero(BH, BW, ACC64)
-        for j in range(K):
-            c = q + OFF + j
-            m = ok & (c >= 0) & (c < WO)
-            t = tl.load(taps + j)
-            i = g * WO + c
-            a0 += t * tl.load(gv + i, mask=m, other=0.0)
-            a1 += t * tl.load(gv + n + i, mask=m, other=0.0)
-            a2 += t * tl.load(gv + 2 * n + i, mask=m, other=0.0)
-            a3 += t * tl.load(gv + 3 * n + i, mask=m, other=0.0)
-            a4 += t * tl.load(gv + 4 * n + i, mask=m, other=0.0)
+        a0, a1, a2, a3, a4 = _filter5(gv, _i64(NROWS) * WO, g * WO, q, 1, WO, OFF, K, taps, ok, ACC64, BH, BW)
         o = g * W + q
         xv = tl.load(x + o, mask=ok, other=0.0).to(a0.dtype)
         yv = tl.load(y + o, mask=ok, other=0.0).to(a0.dtype)
@@ -244,13 +247,20 @@ if triton is not None:
         return g, r, c, m, base
 
     @triton.jit
-    def _gmax_fwd_kernel(a, b, f, part, NP, H, W, ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+    def _sobel3(a, b, f, NP, H, W, ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+        """This program's tile of the Sobel pairs of a, b and f: (o, m, ax, ay, bx, by, fx, fy),
+        o the flat offsets and m the mask."""
         g, r, c, m, base = _tile(H, W, NP, BH, BW)
         rm, rp = tl.maximum(r - 1, 0), tl.minimum(r + 1, H - 1)
         cm, cp = tl.maximum(c - 1, 0), tl.minimum(c + 1, W - 1)
         ax, ay = _sobel(a, base, rm, r, rp, cm, c, cp, W, m, ACC64)
         bx, by = _sobel(b, base, rm, r, rp, cm, c, cp, W, m, ACC64)
         fx, fy = _sobel(f, base, rm, r, rp, cm, c, cp, W, m, ACC64)
+        return g * W + c, m, ax, ay, bx, by, fx, fy
+
+    @triton.jit
+    def _gmax_fwd_kernel(a, b, f, part, NP, H, W, ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+        o, m, ax, ay, bx, by, fx, fy = _sobel3(a, b, f, NP, H, W, ACC64, BH, BW)
         lx = tl.abs(tl.abs(fx) - tl.maximum(tl.abs(ax), tl.abs(bx)))
         ly = tl.abs(tl.abs(fy) - tl.maximum(tl.abs(ay), tl.abs(by)))
         lx = tl.where(m, lx, 0.0)
@@ -280,16 +290,10 @@ if triton is not None:
     def _gmax_coef_kernel(a, b, f, grad, coef, NP, H, W, inv_n,
                           ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
         """coef (6, NP, H, W): d loss / d [f_x, a_x, b_x, f_y, a_y, b_y] Sobel responses."""
-        g, r, c, m, base = _tile(H, W, NP, BH, BW)
-        rm, rp = tl.maximum(r - 1, 0), tl.minimum(r + 1, H - 1)
-        cm, cp = tl.maximum(c - 1, 0), tl.minimum(c + 1, W - 1)
-        ax, ay = _sobel(a, base, rm, r, rp, cm, c, cp, W, m, ACC64)
-        bx, by = _sobel(b, base, rm, r, rp, cm, c, cp, W, m, ACC64)
-        fx, fy = _sobel(f, base, rm, r, rp, cm, c, cp, W, m, ACC64)
+        o, m, ax, ay, bx, by, fx, fy = _sobel3(a, b, f, NP, H, W, ACC64, BH, BW)
         gs = tl.load(grad).to(ax.dtype) * inv_n
         cfx, cax, cbx = _coefs(fx, ax, bx, gs)
         cfy, cay, cby = _coefs(fy, ay, by, gs)
-        o = g * W + c
         n = _i64(NP) * H * W
         tl.store(coef + o, cfx, mask=m)
         tl.store(coef + n + o, cax, mask=m)
@@ -308,6 +312,21 @@ if triton is not None:
         return v
 
     @triton.jit
+    def _adj_axis(i, d: tl.constexpr, n):
+        """The sources along one axis (length n) that tap d (offset d - 1) of a replicate-padded
+        Sobel maps onto index i: (i1, ok1, ok2), i1 = i - (d - 1) where ok1 (inside), and i
+        itself where ok2 (the clamped border: i == 0 for d == 0, i == n - 1 for d == 2)."""
+        i1 = i - (d - 1)
+        ok1 = (i1 >= 0) & (i1 < n)
+        if d == 0:
+            ok2 = i == 0
+        elif d == 2:
+            ok2 = i == n - 1
+        else:
+            ok2 = i < 0
+        return i1, ok1, ok2
+
+    @triton.jit
     def _adjoint(cx, cy, base, r, c, H, W, m, ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
         """Adjoint of the replicate-padded Sobel pair: sum over sources p and taps d with
         clamp(p + d) == (r, c). Per axis and tap d the sources are p = i - d (if inside) and,
@@ -319,22 +338,8 @@ if triton is not None:
                 wx = (2 - (di - 1) * (di - 1)) * (dj - 1)
                 wy = (di - 1) * (2 - (dj - 1) * (dj - 1))
                 if wx != 0 or wy != 0:
-                    r1 = r - (di - 1)
-                    ok_r1 = (r1 >= 0) & (r1 < H)
-                    if di == 0:
-                        ok_r2 = r == 0
-                    elif di == 2:
-                        ok_r2 = r == H - 1
-                    else:
-                        ok_r2 = r < 0
-                    c1 = c - (dj - 1)
-                    ok_c1 = (c1 >= 0) & (c1 < W)
-                    if dj == 0:
-                        ok_c2 = c == 0
-                    elif dj == 2:
-                        ok_c2 = c == W - 1
-                    else:
-                        ok_c2 = c < 0
+                    r1, ok_r1, ok_r2 = _adj_axis(r, di, H)
+                    c1, ok_c1, ok_c2 = _adj_axis(c, dj, W)
                     acc += _adj_term(cx, cy, base, r1, ok_r1, c1, ok_c1, m, W, wx, wy)
                     acc += _adj_term(cx, cy, base, r1, ok_r1, c, ok_c2, m, W, wx, wy)
                     acc += _adj_term(cx, cy, base, r, ok_r2, c1, ok_c1, m, W, wx, wy)
@@ -354,34 +359,8 @@ if triton is not None:
         tl.store(gb + o, vb.to(gb.dtype.element_ty), mask=m)
 
 
-def _pow2(x: int) -> int:
-    return 1 << max(int(x) - 1, 0).bit_length()
-
-
-def _tile_shape(rows: int, cols: int) -> tuple[int, int]:
-    """(BH, BW): 512-element tiles with up to 64 contiguous columns on GPUs; the interpreter
-    pays per operation, not per element, so there one big tile covers as much as possible."""
-    if triton_interpreting():
-        bw = min(_pow2(cols), 128)
-        return min(_pow2(rows), max(8192 // bw, 1)), bw
-    bw = min(max(_pow2(cols), 16), 64)
-    return 512 // bw, bw
-
-
-def _grid(rows: int, cols: int):
-    bh, bw = _tile_shape(rows, cols)
-    return (triton.cdiv(rows, bh), triton.cdiv(cols, bw)), bh, bw
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _geometry(n: int, window_size: int, lo: int, padding: str) -> tuple[int, int]:
-    """(offset of the first kept tap, output length) along an axis of length n."""
-    if padding == "valid":
-        return lo, n - window_size + 1
-    return lo - window_size // 2, n
+# 512-element tiles on GPUs (these kernels hold less per element than fuse's gathers)
+_TILES = Tiling(512, 8192)
 
 
 if triton is not None:
@@ -391,90 +370,93 @@ if triton is not None:
         taps, lo = kept_taps(window_size, sigma, cdt)
         return torch.tensor(taps, dtype=cdt, device=device), len(taps), lo
 
-    def _ssim_stats_h(x, y, taps, k, ox, wo, acc64):
+    def _ssim_plan(x, window_size, sigma, padding):
+        """(taps tensor, k, ox, wo, oy, ho, ACC64) of an SSIM on x (B,C,H,W)."""
+        cdt = compute_dtype(x)
+        taps, k, lo = _taps(window_size, sigma, cdt, x.device)
+        h, w = x.shape[-2:]
+        return (taps, k, *geometry(w, window_size, lo, padding), *geometry(h, window_size, lo, padding),
+                cdt == torch.float64)
+
+    def _ssim_stats_h(x, y, plan):
+        taps, k, ox, wo, _, _, acc64 = plan
         b, c, h, w = x.shape
         hbuf = torch.empty((5, b * c, h, wo), dtype=taps.dtype, device=x.device)
-        grid, bh, bw = _grid(b * c * h, wo)
-        wrap_triton(_ssim_h_kernel)[grid](x, y, taps, hbuf, b * c * h, w, wo, ox, k,
-                                          ACC64=acc64, BH=bh, BW=bw)
+        _TILES.launch(wrap_triton(_ssim_h_kernel), b * c * h, wo, x, y, taps, hbuf, b * c * h, w, wo, ox, k,
+                      ACC64=acc64)
         return hbuf
+
+    def _ssim_vertical(x, hbuf, plan, gscale, out, c1, c2, backward):
+        """Step 2 of the module docstring: the SSIM map (forward) or G for gscale (backward)."""
+        taps, k, _, wo, oy, ho, acc64 = plan
+        b, c, h, _ = x.shape
+        _TILES.launch(wrap_triton(_ssim_v_kernel), b * c * ho, wo, hbuf, taps, gscale, out,
+                      b * c, h, ho, wo, oy, k, c1, c2, BACKWARD=backward, ACC64=acc64)
+        return out
 
     @triton_op("hfkernels::ssim_triton", mutates_args=())
     def ssim_triton_fwd(x: torch.Tensor, y: torch.Tensor, window_size: int, sigma: float,
-                        c1: float, c2: float, padding: str) -> torch.Tensor:
-        """Per-image mean SSIM (B,) in x's dtype."""
-        b, c, h, w = x.shape
-        cdt = _compute_dtype(x)
-        acc64 = cdt == torch.float64
-        taps, k, lo = _taps(window_size, sigma, cdt, x.device)
-        ox, wo = _geometry(w, window_size, lo, padding)
-        oy, ho = _geometry(h, window_size, lo, padding)
-        hbuf = _ssim_stats_h(x, y, taps, k, ox, wo, acc64)
-        smap = torch.empty((b * c, ho, wo), dtype=cdt, device=x.device)
-        grid, bh, bw = _grid(b * c * ho, wo)
-        wrap_triton(_ssim_v_kernel)[grid](hbuf, taps, smap, smap, b * c, h, ho, wo, oy, k, c1, c2,
-                                          BACKWARD=False, ACC64=acc64, BH=bh, BW=bw)
-        return smap.view(b, -1).mean(1).to(x.dtype)
+                        c1: float, c2: float, padding: str, save: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-image mean SSIM (B,) in x's dtype, G for a gradient of 1 (5, B*C, H', W') if
+        ``save`` else an empty tensor)."""
+        plan = _ssim_plan(x, window_size, sigma, padding)
+        taps, _, _, wo, _, ho, _ = plan
+        b, c = x.shape[:2]
+        hbuf = _ssim_stats_h(x, y, plan)
+        smap = torch.empty((b * c, ho, wo), dtype=taps.dtype, device=x.device)
+        _ssim_vertical(x, hbuf, plan, smap, smap, c1, c2, False)
+        coefs = taps.new_empty(0)
+        if save:
+            coefs = torch.empty((5, b * c, ho, wo), dtype=taps.dtype, device=x.device)
+            _ssim_vertical(x, hbuf, plan, torch.ones(b * c, dtype=taps.dtype, device=x.device), coefs, c1, c2, True)
+        return smap.view(b, -1).mean(1).to(x.dtype), coefs
 
     @triton_op("hfkernels::ssim_triton_backward", mutates_args=())
     def ssim_triton_bwd(grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, window_size: int,
-                        sigma: float, c1: float, c2: float, padding: str) -> tuple[torch.Tensor, torch.Tensor]:
+                        sigma: float, c1: float, c2: float, padding: str,
+                        coefs: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients (x, y) for d loss / d ssim = grad (B,), from the forward's G (``coefs``) or,
+        when None, recomputing steps 1-2."""
+        plan = _ssim_plan(x, window_size, sigma, padding)
+        taps, k, ox, wo, oy, ho, acc64 = plan
         b, c, h, w = x.shape
-        cdt = _compute_dtype(x)
-        acc64 = cdt == torch.float64
-        taps, k, lo = _taps(window_size, sigma, cdt, x.device)
-        ox, wo = _geometry(w, window_size, lo, padding)
-        oy, ho = _geometry(h, window_size, lo, padding)
-        hbuf = _ssim_stats_h(x, y, taps, k, ox, wo, acc64)
         # d loss / d map for every pixel of plane (b, c): grad[b] / (C H' W')
-        gscale = (grad.to(cdt) / (c * ho * wo)).repeat_interleave(c).contiguous()
-        gmaps = torch.empty((5, b * c, ho, wo), dtype=cdt, device=x.device)
-        grid, bh, bw = _grid(b * c * ho, wo)
-        wrap_triton(_ssim_v_kernel)[grid](hbuf, taps, gscale, gmaps, b * c, h, ho, wo, oy, k, c1, c2,
-                                          BACKWARD=True, ACC64=acc64, BH=bh, BW=bw)
+        gscale = (grad.to(taps.dtype) / (c * ho * wo)).repeat_interleave(c).contiguous()
+        if coefs is None:
+            gmaps = torch.empty((5, b * c, ho, wo), dtype=taps.dtype, device=x.device)
+            _ssim_vertical(x, _ssim_stats_h(x, y, plan), plan, gscale, gmaps, c1, c2, True)
+        else:
+            gmaps = coefs * gscale.view(1, b * c, 1, 1)
         flipped = taps.flip(0).contiguous()
-        gv = torch.empty((5, b * c, h, wo), dtype=cdt, device=x.device)
-        grid, bh, bw = _grid(5 * b * c * h, wo)
-        wrap_triton(_rows_filter_kernel)[grid](gmaps, flipped, gv, 5 * b * c, ho, h, wo, -oy - (k - 1), k,
-                                               ACC64=acc64, BH=bh, BW=bw)
+        gv = torch.empty((5, b * c, h, wo), dtype=taps.dtype, device=x.device)
+        _TILES.launch(wrap_triton(_rows_filter_kernel), 5 * b * c * h, wo, gmaps, flipped, gv, 5 * b * c, ho, h, wo,
+                      -oy - (k - 1), k, ACC64=acc64)
         gx, gy = torch.empty_like(x), torch.empty_like(y)
-        grid, bh, bw = _grid(b * c * h, w)
-        wrap_triton(_ssim_hT_kernel)[grid](gv, x, y, flipped, gx, gy, b * c * h, w, wo, -ox - (k - 1), k,
-                                           ACC64=acc64, BH=bh, BW=bw)
+        _TILES.launch(wrap_triton(_ssim_hT_kernel), b * c * h, w, gv, x, y, flipped, gx, gy, b * c * h, w, wo,
+                      -ox - (k - 1), k, ACC64=acc64)
         return gx, gy
 
-    @ssim_triton_fwd.register_fake
-    def _(x, y, window_size, sigma, c1, c2, padding):
-        return x.new_empty(x.shape[0])
+    def _ssim_fake(x, y, window_size, sigma, c1, c2, padding, save=False):
+        b, c, h, w = x.shape
+        _, wo = geometry(w, window_size, 0, padding)
+        _, ho = geometry(h, window_size, 0, padding)
+        return x.new_empty(b), x.new_empty((5, b * c, ho, wo) if save else (0,), dtype=compute_dtype(x))
 
-    @ssim_triton_bwd.register_fake
-    def _(grad, x, y, window_size, sigma, c1, c2, padding):
-        return x.new_empty(x.shape), y.new_empty(y.shape)
+    def _ssim_backward(grad, x, y, coefs, window_size, sigma, c1, c2, padding, save):
+        saved = coefs if coefs.numel() else None  # none saved: the backward recomputes them
+        return ssim_triton_bwd(grad.contiguous(), x, y, window_size, sigma, c1, c2, padding, saved)
 
-    def _ssim_setup(ctx, inputs, output):
-        x, y, *args = inputs
-        ctx.save_for_backward(x, y)
-        ctx.args = args
-
-    def _ssim_backward(ctx, grad):
-        x, y = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: the kernels are first-order only
-            from .loss_torch import ssim_reference_vjp
-
-            return (*ssim_reference_vjp(grad, x, y, *ctx.args), None, None, None, None, None)
-        gx, gy = ssim_triton_bwd(grad.contiguous(), x, y, *ctx.args)
-        return gx, gy, None, None, None, None, None
-
-    ssim_triton_fwd.register_autograd(_ssim_backward, setup_context=_ssim_setup)
+    wire(ssim_triton_fwd, tensors=2, kernel=_ssim_backward, fake=_ssim_fake, backward_op=ssim_triton_bwd,
+         reference=lambda grad, x, y, *args: ssim_reference_vjp(grad, x, y, *args[:5]))
 
     @triton_op("hfkernels::gradient_max_triton", mutates_args=())
     def gmax_triton_fwd(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         n, c, h, w = f.shape
-        cdt = _compute_dtype(f)
-        grid, bh, bw = _grid(n * c * h, w)
+        cdt = compute_dtype(f)
+        grid, _, _ = _TILES.grid(n * c * h, w)
         part = torch.empty((2, grid[0] * grid[1]), dtype=cdt, device=f.device)
-        wrap_triton(_gmax_fwd_kernel)[grid](a, b, f, part, n * c, h, w,
-                                            ACC64=cdt == torch.float64, BH=bh, BW=bw)
+        _TILES.launch(wrap_triton(_gmax_fwd_kernel), n * c * h, w, a, b, f, part, n * c, h, w,
+                      ACC64=cdt == torch.float64)
         numel = f.numel()
         return (part[0].sum() / numel + part[1].sum() / numel).to(f.dtype)
 
@@ -482,40 +464,23 @@ if triton is not None:
     def gmax_triton_bwd(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                         f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, c, h, w = f.shape
-        cdt = _compute_dtype(f)
+        cdt = compute_dtype(f)
         acc64 = cdt == torch.float64
-        grid, bh, bw = _grid(n * c * h, w)
         coef = torch.empty((6, n * c, h, w), dtype=cdt, device=f.device)
-        wrap_triton(_gmax_coef_kernel)[grid](a, b, f, grad, coef, n * c, h, w, 1.0 / f.numel(),
-                                             ACC64=acc64, BH=bh, BW=bw)
+        _TILES.launch(wrap_triton(_gmax_coef_kernel), n * c * h, w, a, b, f, grad, coef, n * c, h, w,
+                      1.0 / f.numel(), ACC64=acc64)
         ga, gb, gf = torch.empty_like(a), torch.empty_like(b), torch.empty_like(f)
-        wrap_triton(_gmax_adjoint_kernel)[grid](coef, ga, gb, gf, n * c, h, w, ACC64=acc64, BH=bh, BW=bw)
+        _TILES.launch(wrap_triton(_gmax_adjoint_kernel), n * c * h, w, coef, ga, gb, gf, n * c, h, w, ACC64=acc64)
         return ga, gb, gf
 
-    @gmax_triton_fwd.register_fake
-    def _(a, b, f):
-        return f.new_empty(())
-
-    @gmax_triton_bwd.register_fake
-    def _(grad, a, b, f):
-        return a.new_empty(a.shape), b.new_empty(b.shape), f.new_empty(f.shape)
-
-    def _gmax_setup(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def _gmax_backward(ctx, grad):
-        if torch.is_grad_enabled():  # create_graph=True: the kernels are first-order only
-            from .loss_torch import gradient_max_reference_vjp
-
-            return gradient_max_reference_vjp(grad, *ctx.saved_tensors)
-        return gmax_triton_bwd(grad.contiguous(), *ctx.saved_tensors)
-
-    gmax_triton_fwd.register_autograd(_gmax_backward, setup_context=_gmax_setup)
+    wire(gmax_triton_fwd, tensors=3, reference=gradient_max_reference_vjp, fake=lambda a, b, f: f.new_empty(()),
+         kernel=lambda grad, a, b, f: gmax_triton_bwd(grad.contiguous(), a, b, f), backward_op=gmax_triton_bwd)
 
     @implements("ssim", "triton")
     def ssim_triton(x, y, window_size: int, sigma: float, c1: float, c2: float, padding: str) -> torch.Tensor:
         """Per-image mean SSIM (B,) with the Triton kernels (arguments validated by the caller)."""
-        return ssim_triton_fwd(x.contiguous(), y.contiguous(), window_size, float(sigma), float(c1), float(c2), padding)
+        return ssim_triton_fwd(x.contiguous(), y.contiguous(), window_size, float(sigma), float(c1), float(c2),
+                               padding, wants_grad(x, y))[0]
 
     @implements("gradient_max", "triton")
     def gradient_max_triton(a, b, f) -> torch.Tensor:

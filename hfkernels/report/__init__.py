@@ -14,7 +14,10 @@ Building blocks:
 - a *fusion* is ``f(vis, ir) -> fused``, or None for a pair's own fused file. It may carry
   ``guidance(vis, ir) -> mu`` (shown as the ``mu`` picture) and ``blend(vis, ir, mu) -> fused``
   (then the pictures use ``blend`` with that ``mu`` rather than computing the guidance twice);
-- :func:`score_pairs` computes the per-image metrics that :func:`write_report` tabulates.
+- :func:`score_pairs` computes the per-image metrics that :func:`write_report` tabulates;
+- :class:`ReportPictures` takes the fused images (and ``mu``) of the shown pairs while they are
+  scored (the ``keep`` of :func:`hfkernels.evaluation.score`), so that no fusion
+  is computed twice; without it :func:`write_report` fuses the shown pairs again for their pictures.
 """
 from __future__ import annotations
 
@@ -22,13 +25,15 @@ import datetime
 import os
 import re
 import shutil
+import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
+from ..evaluation import Pair, fused_and_mu, pairs_from_dataset, pairs_from_files, score
 from .images import crop_geometry, differ_most, save_crop, save_full_and_thumb
 from .page import Picture, SectionView, ShownPair, render
 from .paper import PAPER_ROWS, paper_dataset
@@ -37,13 +42,10 @@ from .paper import PAPER_ROWS, paper_dataset
 ASSETS = "index_files"
 
 
-@dataclass
-class ReportPair:
-    """A named pair. ``load() -> (vis (1,3,H,W), ir (1,1,H,W), fused (1,C,H,W) or None)``, float
-    in [0, 1], on the CPU; the third item is the pair's own fused file, if it has one."""
-
-    name: str
-    load: Callable
+#: a named pair (``load() -> (vis, ir, own fused or None)``); the scoring loop's own type
+ReportPair = Pair
+#: pairs from ``(name, vis_path, ir_path, fused_path or None)`` tuples
+pairs_from_jobs = pairs_from_files
 
 
 @dataclass
@@ -58,6 +60,8 @@ class ReportSet:
         metrics: metric names, in column order.
         paper_key: a :data:`PAPER_ROWS` key whose published rows go beside ours (None: none).
         note: one more sentence under the means table.
+        pictures: the set's pictures written while it was scored (:class:`ReportPictures`);
+            None: :func:`write_report` fuses the shown pairs again for them.
     """
 
     name: str
@@ -67,64 +71,95 @@ class ReportSet:
     metrics: list
     paper_key: str | None = None
     note: str = ""
+    pictures: "ReportPictures | None" = None
 
 
-def pairs_from_jobs(jobs) -> list[ReportPair]:
-    """Pairs from ``(name, vis_path, ir_path, fused_path or None)`` tuples: the visible file is
-    decoded as RGB, the infrared file as gray, a fused file as stored."""
-    from ..io import read_image
-
-    def loader(vp, ip, fp):
-        def load():
-            fused = read_image(fp, "keep")[None] if fp is not None else None
-            return read_image(vp, "rgb")[None], read_image(ip, "gray")[None], fused
-        return load
-
-    return [ReportPair(str(name), loader(vp, ip, fp)) for name, vp, ip, fp in jobs]
+def _check_limit(limit) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
 
 
-def pairs_from_dataset(ds, limit: int | None = None) -> list[ReportPair]:
-    """Pairs from a dataset whose items are ``(vis uint8 (3,H,W), ir uint8 (1,H,W))`` and which has
-    ``names`` (:class:`hfkernels.data.PairDataset`, :class:`hfkernels.synthetic.SyntheticPairs`)."""
-    n = len(ds) if limit is None else min(len(ds), int(limit))
+class ReportPictures:
+    """The pictures of one pair set, written while the set is scored, so no fusion runs twice.
 
-    def loader(i):
-        def load():
-            vis, ir = ds[i]
-            return vis[None].float() / 255, ir[None].float() / 255, None
-        return load
+    Give it to the scoring loop as ``hfkernels.evaluation.score(..., keep=pics)``: for each pair
+    the page shows (:meth:`wants`) the loop hands over that pair's fused images and ``mu`` maps
+    (:meth:`add`), which writes the files at once and keeps only their names, so memory holds
+    one pair at a time whatever the set's size. Then pass it on as ``ReportSet(...,
+    pictures=pics)``; :func:`write_report` fuses only the shown pairs it was not given.
 
-    return [ReportPair(str(ds.names[i]), loader(i)) for i in range(n)]
+    Args:
+        out_dir: the report folder, checked as :func:`write_report` checks it (ValueError when
+            it holds a page and ``overwrite`` is False); the files wait in a hidden folder inside
+            it until the page is written (removed if it never is).
+        pairs: the set's pairs (anything with a ``name``), in the set's order.
+        fusions: the set's fusion labels (or its ``{label: fusion}``).
+        limit: at most this many pairs get pictures (None: all), picked by :func:`shown_indices`.
+        overwrite: as for :func:`write_report`.
+    """
+
+    def __init__(self, out_dir, pairs, fusions, limit: int | None = None, overwrite: bool = False):
+        _check_limit(limit)
+        out_dir = Path(out_dir)
+        _check_out(out_dir, overwrite)
+        self.names = [str(p.name) for p in pairs]
+        self.labels = list(fusions)
+        if not self.labels:
+            raise ValueError("fusions must name at least one fusion")
+        self.indices = frozenset(shown_indices(len(self.names), limit))
+        #: {pair index: ShownPair with paths relative to the set's folder}
+        self.shown: dict = {}
+        #: seconds spent writing pictures (the page reports its whole build time)
+        self.seconds = 0.0
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.folder: Path | None = _hidden_folder(out_dir, ".pictures-")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
+
+    def wants(self, i: int) -> bool:
+        """Whether the page shows the ``i``-th pair (so its fusions and ``mu`` are worth keeping)."""
+        return i in self.indices
+
+    @torch.no_grad()
+    def add(self, i: int, name: str, vis: torch.Tensor, ir: torch.Tensor, made: dict) -> bool:
+        """Write the pictures of the ``i``-th pair if the page shows it; returns whether it did.
+
+        Args:
+            name: the pair's name (checked against the set's ``i``-th).
+            vis: (1, 3, H, W), ir: (1, 1, H, W), floats in [0, 1], any device.
+            made: ``{fusion label: (fused (1, C, H, W), mu (1, 1, H, W) or None)}`` for every
+                fusion of the set, as :func:`hfkernels.evaluation.fused_and_mu` gives them.
+        """
+        if self.folder is None:
+            raise ValueError("these pictures were already used for a page; make a new ReportPictures")
+        if not 0 <= i < len(self.names) or self.names[i] != str(name):
+            raise ValueError(f"pair {i} named {name!r} is not the set's pair {i}")
+        if i not in self.indices:
+            return False
+        missing = [k for k in self.labels if k not in made]
+        if missing:
+            raise ValueError(f"made lacks the fusion(s) {missing} of pair {name!r}")
+        t0 = time.perf_counter()
+        cpu = {k: (made[k][0].float().cpu(), made[k][1].float().cpu() if made[k][1] is not None else None)
+               for k in self.labels}
+        rel = f"{i:05d}"
+        self.shown[i] = _write_pair(self.folder / rel, rel, vis.float().cpu(), ir.float().cpu(), cpu)
+        self.seconds += time.perf_counter() - t0
+        return True
+
+    def _take(self, dest: Path) -> dict:
+        """Move the files to ``dest``; the {pair name: ShownPair} of the pairs written."""
+        os.replace(self.folder, dest)
+        self._cleanup.detach()
+        self.folder = None
+        return {self.names[i]: sp for i, sp in sorted(self.shown.items())}
 
 
-def _fused_and_mu(fn, vis, ir, own):
-    if fn is None:
-        if own is None:
-            raise ValueError("a fusion given as None needs pairs with their own fused file")
-        return own, None
-    g, blend = getattr(fn, "guidance", None), getattr(fn, "blend", None)
-    mu = g(vis, ir).clamp(0, 1) if g is not None else None
-    return (blend(vis, ir, mu) if blend is not None and mu is not None else fn(vis, ir)), mu
-
-
-@torch.no_grad()
 def score_pairs(pairs, fusions: dict, metrics=None, protocol: str = "paper", device="cpu",
-                progress: bool = False) -> dict:
-    """``{label: {pair name: {metric: value}}}`` for every pair under every fusion."""
-    from tqdm import tqdm
-
-    from ..metrics import evaluate
-
-    device = torch.device(device)
-    out = {label: {} for label in fusions}
-    for p in tqdm(pairs, desc="report metrics", unit="pair", disable=not progress or len(pairs) < 2):
-        vis, ir, own = p.load()
-        vis, ir = vis.to(device), ir.to(device)
-        for label, fn in fusions.items():
-            fused = own.to(device) if fn is None else fn(vis, ir)
-            vals = evaluate(vis, ir, fused, metrics, protocol)
-            out[label][p.name] = {k: float(v[0]) for k, v in vals.items()}
-    return out
+                progress: bool = False, pictures: ReportPictures | None = None) -> dict:
+    """``{label: {pair name: {metric: value}}}`` for every pair under every fusion
+    (:func:`hfkernels.evaluation.score`); ``pictures``: gets the fusions of the pairs it shows
+    as they are scored (see :class:`ReportPictures`)."""
+    return score(pairs, fusions, metrics, protocol, device, keep=pictures, progress=progress, desc="report metrics")
 
 
 def shown_indices(n: int, limit: int | None) -> list[int]:
@@ -155,16 +190,11 @@ def _slug(text: str, taken: set) -> str:
     return s
 
 
-@torch.no_grad()
-def _pictures(sec: ReportSet, pair: ReportPair, folder: Path, rel: str, device) -> ShownPair:
-    """Write the pictures of one pair (full size, thumbnails, crops) and describe them."""
-    vis, ir, own = pair.load()
-    d = torch.device(device)
-    vis_d, ir_d = vis.to(d), ir.to(d)
-    made = {}
-    for label, fn in sec.fusions.items():
-        fused, mu = _fused_and_mu(fn, vis_d, ir_d, own.to(d) if own is not None else None)
-        made[label] = (fused.float().cpu(), mu.float().cpu() if mu is not None else None)
+def _write_pair(folder: Path, rel: str, vis: torch.Tensor, ir: torch.Tensor, made: dict) -> ShownPair:
+    """Write the pictures of one pair (full size, thumbnails, crops) and describe them.
+
+    vis (1,3,H,W), ir (1,1,H,W) and made ``{label: (fused (1,C,H,W), mu (1,1,H,W) or None)}``,
+    on the CPU; paths in the result start with ``rel``, the folder's name relative to the set's."""
     h, w = vis.shape[-2:]
     side, zoom = crop_geometry(h, w)
     # compare the real fusions; one that merely returns a source would make the sources'
@@ -201,8 +231,31 @@ def _pictures(sec: ReportSet, pair: ReportPair, folder: Path, rel: str, device) 
     return sp
 
 
+def _hidden_folder(out_dir: Path, prefix: str) -> Path:
+    """A new uniquely named folder in ``out_dir``, readable by all like the page beside it
+    (``mkdtemp`` makes it private)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir))
+    folder.chmod(0o755)
+    return folder
+
+
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+@torch.no_grad()
+def _fill(pics: ReportPictures, s: ReportSet, device, progress: bool) -> None:
+    """Fuse and write the shown pairs of ``s`` that ``pics`` was not given while scoring."""
+    from tqdm import tqdm
+
+    d = torch.device(device)
+    todo = sorted(pics.indices - pics.shown.keys())
+    for i in tqdm(todo, desc=f"report pictures {s.name}", unit="pair", disable=not progress or len(todo) < 2):
+        p = s.pairs[i]
+        vis, ir, own = p.load()
+        own = own.to(d) if own is not None else None
+        vis_d, ir_d = vis.to(d), ir.to(d)
+        pics.add(i, p.name, vis, ir, {label: fused_and_mu(fn, vis_d, ir_d, own) for label, fn in s.fusions.items()})
 
 
 def write_report(out_dir, sets: list[ReportSet], *, title: str = "hfkernels results", protocol: str = "paper",
@@ -212,7 +265,9 @@ def write_report(out_dir, sets: list[ReportSet], *, title: str = "hfkernels resu
     """Write ``out_dir/index.html`` and its pictures; returns the page's path.
 
     Args:
-        sets: the pair sets, one section each (see :class:`ReportSet`).
+        sets: the pair sets, one section each (see :class:`ReportSet`). A set with ``pictures``
+            (a :class:`ReportPictures` fed while it was scored) keeps that object's choice of
+            pairs; the others are fused again here for their pictures.
         protocol: the metric protocol of the scores; the paper's rows are shown only for "paper".
         history: a training run's per-epoch records (``history.json``), for the training curves.
         baseline: the run's ``baseline.json`` (``{"heuristic": {set: {metric: value}}}``).
@@ -220,13 +275,10 @@ def write_report(out_dir, sets: list[ReportSet], *, title: str = "hfkernels resu
             cover every pair.
         overwrite: replace an existing page (and its pictures) instead of raising ValueError.
     """
-    from tqdm import tqdm
-
     from ..metrics import HIGHER_IS_BETTER
 
     out_dir = Path(out_dir)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+    _check_limit(limit)
     if not sets:
         raise ValueError("sets must hold at least one ReportSet")
     for s in sets:
@@ -234,34 +286,43 @@ def write_report(out_dir, sets: list[ReportSet], *, title: str = "hfkernels resu
         if missing:
             raise ValueError(f"scores of set {s.name!r} miss {len(missing)} (fusion, pair) entries, "
                              f"e.g. {missing[0]}")
+        pics = s.pictures
+        if pics is not None and (pics.folder is None or pics.names != [str(p.name) for p in s.pairs]
+                                 or pics.labels != list(s.fusions)):
+            raise ValueError(f"pictures of set {s.name!r} are used up or were made for other pairs")
     _check_out(out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    assets = out_dir / ASSETS
-    if assets.exists():
-        shutil.rmtree(assets)
-    t0 = time.perf_counter()
-    taken: set = set()
-    views = []
-    for s in sets:
-        anchor = _slug(s.name, taken)
-        shown = {}
-        idx = shown_indices(len(s.pairs), limit)
-        for i in tqdm(idx, desc=f"report pictures {s.name}", unit="pair", disable=not progress or len(idx) < 2):
-            p = s.pairs[i]
-            rel = f"{ASSETS}/{anchor}/{i:05d}"
-            shown[p.name] = _pictures(s, p, out_dir / rel, rel, device)
-        key = s.paper_key if protocol == "paper" else None
-        views.append(SectionView(
-            name=s.name, anchor=anchor, fusions=list(s.fusions), metrics=list(s.metrics),
-            images=[p.name for p in s.pairs], scores=s.scores, shown=shown,
-            higher_is_better={m: HIGHER_IS_BETTER.get(m, True) for m in s.metrics},
-            paper=PAPER_ROWS.get(key, []) if key else [], paper_key=key, note=s.note))
-    from .. import __version__
+    # the pictures written while scoring count towards the page's build time
+    t0 = time.perf_counter() - sum(s.pictures.seconds for s in sets if s.pictures is not None)
+    # pictures gather in a hidden folder that replaces index_files/ only once all are written
+    staging = _hidden_folder(out_dir, ".index_files-")
+    try:
+        taken: set = set()
+        views = []
+        for s in sets:
+            anchor = _slug(s.name, taken)
+            pics = s.pictures or ReportPictures(out_dir, s.pairs, s.fusions, limit, overwrite=True)
+            _fill(pics, s, device, progress)
+            shown = pics._take(staging / anchor)
+            key = s.paper_key if protocol == "paper" else None
+            views.append(SectionView(
+                name=s.name, anchor=anchor, fusions=list(s.fusions), metrics=list(s.metrics),
+                images=[p.name for p in s.pairs], scores=s.scores, shown=shown,
+                higher_is_better={m: HIGHER_IS_BETTER.get(m, True) for m in s.metrics},
+                paper=PAPER_ROWS.get(key, []) if key else [], paper_key=key, note=s.note,
+                base=f"{ASSETS}/{anchor}/"))
+        from .. import __version__
 
-    lines = list(meta or [])
-    lines.append(f"protocol {protocol!r}; written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
-                 f"hfkernels {__version__} in {time.perf_counter() - t0:.1f} s (pictures and page)")
-    html = render(title, lines, views, history, baseline)
+        lines = list(meta or [])
+        lines.append(f"protocol {protocol!r}; written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
+                     f"hfkernels {__version__} in {time.perf_counter() - t0:.1f} s (pictures and page)")
+        html = render(title, lines, views, history, baseline)
+        assets = out_dir / ASSETS
+        if assets.exists():
+            shutil.rmtree(assets)
+        os.replace(staging, assets)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     index = out_dir / "index.html"
     tmp = out_dir / f".index.html.{os.getpid()}.tmp"
     tmp.write_text(html, encoding="utf-8")
@@ -307,10 +368,12 @@ def training_report(trainer, limit: int | None = None, progress: bool = False) -
             pairs = pairs_from_dataset(part, cfg.eval_limit)
             if not pairs:
                 continue
-            scores = score_pairs(pairs, fusions, cfg.metrics, "paper", trainer.device, progress)
+            # the shown pairs' pictures are written as they are scored: each fusion runs once
+            pics = ReportPictures(trainer.run_dir / "report", pairs, fusions, limit, overwrite=True)
+            scores = score_pairs(pairs, fusions, cfg.metrics, "paper", trainer.device, progress, pictures=pics)
             src = [set_name] + ([str(s.vis_dir) for s in part.sets] if hasattr(part, "sets") else [])
             sets.append(ReportSet(set_name, pairs, fusions, scores, list(next(iter(scores.values()))[pairs[0].name]),
-                                  paper_key=paper_dataset(*src)))
+                                  paper_key=paper_dataset(*src), pictures=pics))
     if not sets:
         return None
     hist = trainer.run_dir / "history.json"
@@ -341,5 +404,6 @@ def history_of(run) -> tuple[list | None, dict | None]:
     return out[0], out[1]
 
 
-__all__ = ["ReportPair", "ReportSet", "pairs_from_jobs", "pairs_from_dataset", "score_pairs", "shown_indices",
-           "write_report", "training_report", "history_of", "paper_dataset", "PAPER_ROWS", "ASSETS"]
+__all__ = ["ReportPair", "ReportSet", "ReportPictures", "pairs_from_jobs", "pairs_from_dataset", "fused_and_mu",
+           "score_pairs", "shown_indices", "write_report", "training_report", "history_of", "paper_dataset",
+           "PAPER_ROWS", "ASSETS"]

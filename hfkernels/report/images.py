@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..reference import luma
+
 #: display height of thumbnails in CSS pixels; they are stored at this height, downscaled once
 THUMB_HEIGHT = 96
 #: JPEG quality of full-size copies and thumbnails (4:4:4, so colour edges stay sharp)
@@ -47,10 +49,7 @@ def save_full_and_thumb(x: torch.Tensor, full: Path, thumb: Path, height: int = 
 def _luma(x: torch.Tensor) -> torch.Tensor:
     """(1, C, H, W) -> (1, 1, H, W) luma (ITU-R 601 weights), float32."""
     x = x.float()
-    if x.shape[1] == 1:
-        return x
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x[:, :3] * w).sum(1, keepdim=True)
+    return x if x.shape[1] == 1 else luma(x[:, :3])
 
 
 def crop_geometry(h: int, w: int) -> tuple[int, int]:

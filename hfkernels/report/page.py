@@ -1,11 +1,14 @@
-"""The HTML of the results page: one static file, a few lines of plain JavaScript for sorting.
+"""The HTML of the results page: one static file; a little plain JavaScript lays out and sorts
+the per-image table.
 
 Everything here turns already computed numbers and already written image files (paths relative
-to the page) into markup; nothing is read from disk or the network when the page is opened
-except the image files beside it.
+to the page) into markup, or into the JSON data the page's script builds the per-image rows from
+(one ``<script type="application/json">`` per pair set, so the page also works from ``file://``);
+nothing is read from disk or the network when the page is opened except the image files beside it.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from html import escape
@@ -58,6 +61,7 @@ class SectionView:
     paper: list = field(default_factory=list)  # [(label, {metric: value})]
     paper_key: str | None = None
     note: str = ""
+    base: str = ""  # prefix of the picture paths in ``shown``, relative to the page
 
 
 def fmt(v) -> str:
@@ -139,69 +143,139 @@ p.more{margin:10px 0}p.more button{font:inherit;padding:4px 12px}
 
 JS = r"""
 (function(){
-  var PAGE=%d;
-  function val(g, f, m){
-    if(m==='image') return g.getAttribute('data-name');
-    var r=g.querySelector('tr[data-f="'+f+'"]'); if(!r) return NaN;
-    var c=r.querySelector('td[data-m="'+m+'"]'); return c?parseFloat(c.getAttribute('data-v')):NaN;
-  }
-  function sortTable(t, m, f, dir){
-    var gs=Array.prototype.slice.call(t.tBodies).map(function(g,i){return [val(g,f,m),i,g];});
-    gs.sort(function(a,b){
-      var x=a[0], y=b[0];
-      if(m==='image') return dir*(x<y?-1:x>y?1:0)||a[1]-b[1];
-      var nx=isNaN(x), ny=isNaN(y);
-      if(nx||ny) return (nx-ny)||a[1]-b[1];
-      return dir*(x-y)||a[1]-b[1];
-    });
-    gs.forEach(function(k){t.appendChild(k[2]);});
-    page(t);
-    t.setAttribute('data-sort', m); t.setAttribute('data-dir', dir>0?'asc':'desc');
-    t.setAttribute('data-sort-fusion', f);
-    Array.prototype.forEach.call(t.tHead.querySelectorAll('th[data-m]'), function(th){
-      var on=th.getAttribute('data-m')===m; th.classList.toggle('on', on);
-      th.querySelector('.arr').textContent=on?(dir>0?' \u25b2':' \u25bc'):'';
-    });
-    var s=t.parentNode.querySelector('select.sortf'); if(s) s.value=String(f);
-  }
-  function page(t){
-    var n=parseInt(t.getAttribute('data-shown'),10), gs=t.tBodies;
-    for(var i=0;i<gs.length;i++) gs[i].hidden=i>=n;
-    var c=t.parentNode.querySelector('.count'), b=t.parentNode.querySelector('button.more');
-    if(c) c.textContent=Math.min(n,gs.length)+' of '+gs.length+' pairs shown';
-    if(b) b.hidden=n>=gs.length;
-  }
-  function bestDir(th){ return th.getAttribute('data-hib')==='0'?1:-1; }
+  'use strict';
   var q=new URLSearchParams(location.search);
-  Array.prototype.forEach.call(document.querySelectorAll('table.pairs'), function(t){
-    var sel=t.parentNode.querySelector('select.sortf');
-    var more=t.parentNode.querySelector('button.more');
-    if(more) more.addEventListener('click', function(){
-      t.setAttribute('data-shown', parseInt(t.getAttribute('data-shown'),10)+PAGE); page(t);
-    });
-    page(t);
+  function esc(s){return String(s).replace(/[&<>"']/g,function(c){
+    return {'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c];});}
+  function num(v){return v===null?NaN:typeof v==='string'?Number(v):v;}
+  function fmt(v){
+    if(isNaN(v)) return 'nan';
+    if(!isFinite(v)) return v>0?'inf':'-inf';
+    var a=Math.abs(v);
+    if(a>=1000) return v.toFixed(1);
+    if(a>=100) return v.toFixed(2);
+    return a>=1e-3||v===0?v.toFixed(4):v.toExponential(3);
+  }
+  function Table(wrap){
+    var d=JSON.parse(wrap.querySelector('script[type="application/json"]').textContent);
+    var t=wrap.querySelector('table.pairs'), base=d.base, k=d.fusions.length, self=this;
+    d.rows.forEach(function(r){r[1]=r[1].map(function(vs){return vs.map(num);});});
+    this.d=d; this.t=t; this.order=d.rows.map(function(r,i){return i;}); this.shown=0;
+    this.sel=wrap.querySelector('select.sortf'); this.more=wrap.querySelector('button.more');
+    this.count=wrap.querySelector('.count');
+    function img(p, alt, box, size){
+      var o='';
+      // box: (y, x, side) in image pixels, size: (W, H); the square as percentages of the thumbnail
+      if(box){
+        var pc=function(v, n){return (100*v/n).toFixed(2)+'%';};
+        o='<span class="box" style="left:'+pc(box[1],size[0])+';top:'+pc(box[0],size[1])
+          +';width:'+pc(box[2],size[0])+';height:'+pc(box[2],size[1])+'"></span>';
+      }
+      return '<a class="th" href="'+esc(base+p[0])+'" target="_blank"><img src="'+esc(base+p[1])+'" width="'+p[2]
+        +'" height="'+p[3]+'" loading="lazy" decoding="async" alt="'+esc(alt)+'">'+o+'</a>';
+    }
+    function crop(path, alt, P){
+      var px=P.b[2]*P.z;
+      return '<a href="'+esc(base+path)+'" target="_blank"><img src="'+esc(base+path)+'" width="'+px+'" height="'+px
+        +'" loading="lazy" decoding="async" alt="'+esc(alt)+'" title="'+P.b[2]+'x'+P.b[2]+' pixels, '+P.z+'x"></a>';
+    }
+    // the best fusion of one pair per metric (all of them on a tie; only with two or more)
+    function bests(vals){
+      return d.metrics.map(function(m,j){
+        if(k<2) return [];
+        var fin=[]; vals.forEach(function(vs,f){if(isFinite(vs[j])) fin.push([vs[j],f]);});
+        if(!fin.length) return [];
+        var b=fin.reduce(function(a,x){return d.hib[j]?Math.max(a,x[0]):Math.min(a,x[0]);}, fin[0][0]);
+        return fin.filter(function(x){return x[0]===b;}).map(function(x){return x[1];});
+      });
+    }
+    this.body=function(r){
+      var name=r[0], vals=r[1], P=r[2], best=bests(vals), h=['<tbody data-name="'+esc(name)+'">'];
+      for(var f=0;f<k;f++){
+        h.push('<tr data-f="'+f+'">');
+        if(f===0){
+          if(P){
+            h.push('<td class="nm" rowspan="'+k+'">'+esc(name)+'<small>'+P.s[0]+'x'+P.s[1]+'</small></td>'
+              +'<td class="img" rowspan="'+k+'">'+img(P.v,'visible '+name,P.b,P.s)+'</td>'
+              +'<td class="img" rowspan="'+k+'">'+img(P.i,'infrared '+name)+'</td>'
+              +'<td class="img" rowspan="'+k+'">'+crop(P.cv,'visible crop',P)+crop(P.ci,'infrared crop',P)+'</td>');
+          }else{
+            h.push('<td class="nm" rowspan="'+k+'">'+esc(name)+'</td>'
+              +'<td class="l none" colspan="3" rowspan="'+k+'">pictures not shown (report limit)</td>');
+          }
+        }
+        h.push('<td class="fl"><span class="sw" style="background:'+d.colours[f]+'"></span>'+esc(d.fusions[f])+'</td>');
+        if(P){
+          h.push('<td class="img">'+(P.m[f]?img(P.m[f],'mu '+d.fusions[f]):'<span class=none>\u2014</span>')+'</td>'
+            +'<td class="img">'+img(P.f[f],'fused '+d.fusions[f])+'</td>'
+            +'<td class="img">'+crop(P.c[f],'crop '+d.fusions[f],P)+'</td>');
+        }else h.push('<td></td><td></td><td></td>');
+        for(var j=0;j<d.metrics.length;j++){
+          h.push('<td data-m="'+esc(d.metrics[j])+'"'+(best[j].indexOf(f)>=0?' class="best"':'')+'>'
+            +fmt(vals[f][j])+'</td>');
+        }
+        h.push('</tr>');
+      }
+      h.push('</tbody>');
+      return h.join('');
+    };
+    // lay out rows [shown, n) of the current order, after the ones already there
+    this.show=function(n){
+      n=Math.min(n, self.order.length);
+      var h=[];
+      for(var i=self.shown;i<n;i++) h.push(self.body(d.rows[self.order[i]]));
+      t.insertAdjacentHTML('beforeend', h.join(''));
+      self.shown=Math.max(n, self.shown);
+      if(self.count) self.count.textContent=self.shown+' of '+self.order.length+' pairs shown';
+      if(self.more) self.more.hidden=self.shown>=self.order.length;
+    };
+    this.sort=function(m, f, dir){
+      var j=d.metrics.indexOf(m), rows=d.rows;
+      self.order.sort(function(a,b){
+        if(m==='image'){var x=rows[a][0], y=rows[b][0]; return dir*(x<y?-1:x>y?1:0)||a-b;}
+        var u=rows[a][1][f][j], v=rows[b][1][f][j], nu=isNaN(u), nv=isNaN(v);
+        if(nu||nv) return (nu-nv)||a-b;
+        return dir*(u-v)||a-b;
+      });
+      var n=Math.max(self.shown, d.page);
+      while(t.tBodies.length) t.removeChild(t.tBodies[0]);
+      self.shown=0; self.show(n);
+      t.setAttribute('data-sort', m); t.setAttribute('data-dir', dir>0?'asc':'desc');
+      t.setAttribute('data-sort-fusion', f);
+      Array.prototype.forEach.call(t.tHead.querySelectorAll('th[data-m]'), function(th){
+        var on=th.getAttribute('data-m')===m; th.classList.toggle('on', on);
+        th.querySelector('.arr').textContent=on?(dir>0?' \u25b2':' \u25bc'):'';
+      });
+      if(self.sel) self.sel.value=String(f);
+    };
+    function bestDir(th){return th.getAttribute('data-hib')==='0'?1:-1;}
+    if(this.more) this.more.addEventListener('click', function(){self.show(self.shown+d.page);});
     Array.prototype.forEach.call(t.tHead.querySelectorAll('th[data-m] button'), function(b){
       b.addEventListener('click', function(){
         var th=b.parentNode, m=th.getAttribute('data-m');
-        var dir=(t.getAttribute('data-sort')===m)?(t.getAttribute('data-dir')==='asc'?-1:1):bestDir(th);
-        sortTable(t, m, sel?sel.value:'0', dir);
+        var dir=t.getAttribute('data-sort')===m?(t.getAttribute('data-dir')==='asc'?-1:1):bestDir(th);
+        self.sort(m, self.sel?+self.sel.value:0, dir);
       });
     });
-    if(sel) sel.addEventListener('change', function(){
+    if(this.sel) this.sel.addEventListener('change', function(){
       var m=t.getAttribute('data-sort');
-      if(m&&m!=='image') sortTable(t, m, sel.value, t.getAttribute('data-dir')==='asc'?1:-1);
+      if(m&&m!=='image') self.sort(m, +self.sel.value, t.getAttribute('data-dir')==='asc'?1:-1);
     });
-    var m=q.get('sort');
-    if(m){
-      var th=t.tHead.querySelector('th[data-m="'+m+'"]'); if(!th) return;
-      var f=q.get('fusion')||'0';
-      if(sel){
-        var opt=Array.prototype.filter.call(sel.options, function(o){return o.text===f||o.value===f;})[0];
-        f=opt?opt.value:'0';
-      }
-      var d=q.get('dir'); sortTable(t, m, f, d==='asc'?1:d==='desc'?-1:bestDir(th));
-    }
-  });
+    var m=q.get('sort'), th=m?t.tHead.querySelector('th[data-m="'+CSS.escape(m)+'"]'):null;
+    if(th){
+      var fq=q.get('fusion')||'0', f=d.fusions.indexOf(fq);
+      if(f<0) f=/^\d+$/.test(fq)&&+fq<k?+fq:0;
+      var dq=q.get('dir'); this.sort(m, f, dq==='asc'?1:dq==='desc'?-1:bestDir(th));
+    }else this.show(d.page);
+  }
+  Array.prototype.forEach.call(document.querySelectorAll('div.pairwrap'), function(w){new Table(w);});
+  // for timing: milliseconds from the start of navigation until the first rows are in the
+  // document, and until the frame showing them has been painted (a task after the next frame)
+  var root=document.documentElement;
+  root.setAttribute('data-rendered-ms', performance.now().toFixed(1));
+  requestAnimationFrame(function(){setTimeout(function(){
+    root.setAttribute('data-painted-ms', performance.now().toFixed(1));
+  }, 0);});
 })();
 """
 
@@ -211,21 +285,45 @@ BEST = ' class="best"'
 PAGE_PAIRS = 50
 
 
-def _img(p: Picture, alt: str, box=None, size=None) -> str:
-    overlay = ""
-    if box is not None and size is not None:
-        (y, x, side), (h, w) = box, size
-        overlay = (f'<span class="box" style="left:{100 * x / w:.2f}%;top:{100 * y / h:.2f}%;'
-                   f'width:{100 * side / w:.2f}%;height:{100 * side / h:.2f}%"></span>')
-    return (f'<a class="th" href="{escape(p.full)}" target="_blank">'
-            f'<img src="{escape(p.thumb)}" width="{p.width}" height="{p.height}" loading="lazy" decoding="async" '
-            f'alt="{escape(alt)}">{overlay}</a>')
+def _json_num(v: float):
+    # JSON has no NaN or infinities: those travel as the strings JavaScript's Number() reads
+    v = float(v)
+    return v if math.isfinite(v) else "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
 
 
-def _crop(path: str, alt: str, side: int, zoom: int) -> str:
-    px = side * zoom
-    return (f'<a href="{escape(path)}" target="_blank"><img src="{escape(path)}" width="{px}" height="{px}" '
-            f'loading="lazy" decoding="async" alt="{escape(alt)}" title="{side}x{side} pixels, {zoom}x"></a>')
+def _pic(p: Picture) -> list:
+    return [p.full, p.thumb, p.width, p.height]
+
+
+def pairs_data(sec: SectionView) -> dict:
+    """The per-image table as data, from which the page's script lays out the rows it shows.
+
+    ``rows``: one ``[name, values, pictures]`` per pair in dataset order; ``values[f][j]`` is
+    fusion ``f``'s value of metric ``j``; ``pictures`` is 0 for a pair without pictures, else
+    ``{"s": [W, H], "b": [y, x, side], "z": zoom, "v"/"i": visible/infrared, "cv"/"ci": their
+    crops, "f"/"m"/"c": per fusion fused, mu (0 when none) and crop}`` where a picture is
+    ``[full, thumbnail, thumbnail width, thumbnail height]``; every path is relative to ``base``.
+    """
+    rows = []
+    for name in sec.images:
+        vals = [[_json_num(sec.scores[f][name][m]) for m in sec.metrics] for f in sec.fusions]
+        sp = sec.shown.get(name)
+        pics = 0
+        if sp is not None:
+            h, w = sp.size
+            mu = [sp.mu.get(f) for f in sec.fusions]
+            pics = {"s": [w, h], "b": list(sp.box), "z": sp.zoom, "v": _pic(sp.vis), "i": _pic(sp.ir),
+                    "cv": sp.crop_vis, "ci": sp.crop_ir, "f": [_pic(sp.fused[f]) for f in sec.fusions],
+                    "m": [_pic(m) if m else 0 for m in mu], "c": [sp.crop[f] for f in sec.fusions]}
+        rows.append([name, vals, pics])
+    return {"fusions": list(sec.fusions), "metrics": list(sec.metrics), "base": sec.base, "page": PAGE_PAIRS,
+            "hib": [1 if sec.higher_is_better.get(m, True) else 0 for m in sec.metrics],
+            "colours": [colour(j) for j in range(len(sec.fusions))], "rows": rows}
+
+
+def _script_json(obj) -> str:
+    # inside <script> only "</" (and "<!--") could end the element early: "<" goes escaped
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
 
 
 def means_table(sec: SectionView) -> str:
@@ -257,7 +355,10 @@ def distributions(sec: SectionView) -> str:
 
 
 def pairs_table(sec: SectionView) -> str:
-    k = len(sec.fusions)
+    """The per-image table: its header, and the pairs as data for the page's script, which lays
+    out the first :data:`PAGE_PAIRS` of them (and more on request, or after a sort). Markup for
+    hundreds of pairs takes the browser seconds to parse even when hidden; the data takes
+    milliseconds."""
     hib = sec.higher_is_better
     head = ('<thead><tr><th class="l" data-m="image"><button type="button">image</button><span class="arr"></span></th>'
             '<th class="l">visible</th><th class="l">infrared</th><th class="l">zoom: vis / ir</th>'
@@ -265,50 +366,14 @@ def pairs_table(sec: SectionView) -> str:
             + "".join(f'<th data-m="{escape(m)}" data-hib="{1 if hib.get(m, True) else 0}">'
                       f'<button type="button">{escape(m)}</button><span class="arr"></span></th>' for m in sec.metrics)
             + "</tr></thead>")
-    bodies = []
-    for n_body, name in enumerate(sec.images):
-        sp = sec.shown.get(name)
-        per = {f: sec.scores[f][name] for f in sec.fusions}
-        best = {m: best_of({f: per[f][m] for f in sec.fusions}, hib.get(m, True)) if k > 1 else set()
-                for m in sec.metrics}
-        rows = []
-        for j, f in enumerate(sec.fusions):
-            tr = [f'<tr data-f="{j}">']
-            if j == 0:
-                if sp is not None:
-                    h, w = sp.size
-                    tr.append(f'<td class="nm" rowspan="{k}">{escape(name)}<small>{w}x{h}</small></td>'
-                              f'<td class="img" rowspan="{k}">{_img(sp.vis, "visible " + name, sp.box, sp.size)}</td>'
-                              f'<td class="img" rowspan="{k}">{_img(sp.ir, "infrared " + name)}</td>'
-                              f'<td class="img" rowspan="{k}">{_crop(sp.crop_vis, "visible crop", sp.box[2], sp.zoom)}'
-                              f'{_crop(sp.crop_ir, "infrared crop", sp.box[2], sp.zoom)}</td>')
-                else:
-                    tr.append(f'<td class="nm" rowspan="{k}">{escape(name)}</td>'
-                              f'<td class="l none" colspan="3" rowspan="{k}">pictures not shown (report limit)</td>')
-            tr.append(f'<td class="fl"><span class="sw" style="background:{colour(j)}"></span>{escape(f)}</td>')
-            if sp is not None:
-                mu = sp.mu.get(f)
-                tr.append(f'<td class="img">{_img(mu, "mu " + f) if mu else "<span class=none>—</span>"}</td>'
-                          f'<td class="img">{_img(sp.fused[f], "fused " + f)}</td>'
-                          f'<td class="img">{_crop(sp.crop[f], "crop " + f, sp.box[2], sp.zoom)}</td>')
-            else:
-                tr.append('<td></td><td></td><td></td>')
-            for m in sec.metrics:
-                v = per[f][m]
-                tr.append(f'<td data-m="{escape(m)}" data-v="{v!r}"{BEST if f in best[m] else ""}>{fmt(v)}</td>')
-            tr.append("</tr>")
-            rows.append("".join(tr))
-        # only the first page of pairs is laid out when the page opens: a table of hundreds of
-        # pairs takes seconds to lay out, hidden row groups cost almost nothing
-        hidden = " hidden" if n_body >= PAGE_PAIRS else ""
-        bodies.append(f'<tbody data-name="{escape(name)}"{hidden}>{"".join(rows)}</tbody>')
     options = "".join(f'<option value="{j}">{escape(f)}</option>' for j, f in enumerate(sec.fusions))
     bar = (f'<div class="sortbar"><span>Click a column to sort (best first; again to reverse).</span>'
            f'<label>sort by the values of <select class="sortf">{options}</select></label></div>')
     more = (f'<p class="more"><button type="button" class="more">show {PAGE_PAIRS} more</button> '
             f'<span class="count"></span></p>' if len(sec.images) > PAGE_PAIRS else "")
-    return (f'<div class="pairwrap">{bar}<table class="pairs" id="pairs-{sec.anchor}" data-shown="{PAGE_PAIRS}">'
-            f'{head}{"".join(bodies)}</table>{more}</div>')
+    return (f'<div class="pairwrap">{bar}<table class="pairs" id="pairs-{sec.anchor}">{head}</table>{more}'
+            f'<script type="application/json" id="data-{sec.anchor}">{_script_json(pairs_data(sec))}</script>'
+            '<noscript><p class="note">The per-image table needs JavaScript.</p></noscript></div>')
 
 
 def training_block(history: list, baseline: dict) -> str:
@@ -375,7 +440,7 @@ def render(title: str, meta: list[str], sections: list[SectionView], history=Non
                      'most, magnified with nearest-neighbour. Bold: the best fusion for that image.</p>')
         parts.append(pairs_table(s))
         parts.append("</section>")
-    parts.append(f"<script>{JS % PAGE_PAIRS}</script></body></html>")
+    parts.append(f"<script>{JS}</script></body></html>")
     return "\n".join(parts)
 
 

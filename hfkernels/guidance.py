@@ -1,0 +1,188 @@
+"""Guidance maps: every way hfkernels makes the fusion weight ``mu``.
+
+A *guidance* is a callable ``mu_fn(vis, ir) -> mu``: vis (B, 1|3, H, W) and ir (B, 1|3, H, W) in
+[0, 1] give mu (B, 1, H, W) in [0, 1] (``mu = 1`` selects the infrared image). The trainer, the
+``fuse`` and ``eval`` commands and the scripts all get theirs from here:
+
+- ``"heuristic"``: the paper's hand-made map (:func:`hfkernels.fusion.heuristic_guidance`);
+- a constant ``c`` in [0, 1]: the same ``mu`` everywhere;
+- a trained network: a run folder or ``.safetensors`` weights file (:func:`load_guidance`), a
+  network in memory (:func:`model_guidance`), or a guide shipped inside the package
+  (:func:`packaged_guidance`; ``hfkernels/guides/``, each with a JSON record of how it was made).
+
+:func:`resolve` turns a user's choice (``--mu`` / ``--checkpoint``) into a guidance, and
+:func:`default_guidance` is what it gives when nothing is asked for.
+
+Example::
+
+    mu_fn = resolve(checkpoint="runs/msrs")       # or resolve("0.5"), resolve("heuristic")
+    fused = hfkernels.fuse_color(vis, ir, mu_fn(vis, ir))
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from importlib.resources import as_file, files
+from typing import Callable
+
+import torch
+
+from .checkpoint import load_model
+from .heuristic import heuristic_guidance
+from .models import forward_pair
+
+MuFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+HEURISTIC = "heuristic"
+
+
+def parse(spec, name: str = "mu") -> str | float:
+    """``"heuristic"`` or a constant in [0, 1] (a number, or its text) from ``spec``.
+
+    Raises ValueError naming ``name`` for anything else, or a constant outside [0, 1].
+    """
+    if spec == HEURISTIC:
+        return spec
+    try:
+        c = float(spec)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be 'heuristic' or a number in [0, 1], got {spec!r}") from None
+    if not 0.0 <= c <= 1.0:  # also refuses NaN
+        raise ValueError(f"{name} constant must lie in [0, 1], got {c}")
+    return c
+
+
+def constant(c: float) -> MuFn:
+    """The guidance ``mu = c`` everywhere: (B, 1, H, W) of ``ir``'s dtype and device."""
+    c = parse(c)
+    if c == HEURISTIC:
+        raise ValueError("c must be a number in [0, 1], got 'heuristic'")
+    return lambda vis, ir: torch.full_like(ir[:, :1], c)
+
+
+#: the packaged guide that :func:`default_guidance` uses (``hfkernels/guides/default.*``)
+DEFAULT_GUIDE = "default"
+
+
+def packaged_guides() -> list[str]:
+    """Names of the trained guides installed with the package (``hfkernels/guides/NAME.safetensors``
+    with its record ``NAME.json``: recipe, data, held-out scores)."""
+    folder = files("hfkernels") / "guides"
+    if not folder.is_dir():
+        return []
+    return sorted(f.name[: -len(".safetensors")] for f in folder.iterdir()
+                  if f.name.endswith(".safetensors") and (folder / (f.name[: -len(".safetensors")] + ".json")).is_file())
+
+
+def guide_card(name: str = DEFAULT_GUIDE) -> dict:
+    """The record of packaged guide ``name``: ``{"model", "weights", "recipe", "data", "scores"}``."""
+    if name not in packaged_guides():
+        raise ValueError(f"no packaged guide {name!r}; installed: {packaged_guides() or 'none'}")
+    return json.loads((files("hfkernels") / "guides" / f"{name}.json").read_text())
+
+
+def packaged_guidance(name: str = DEFAULT_GUIDE, device=None) -> MuFn:
+    """The packaged trained guide ``name`` as ``mu_fn(vis, ir) -> mu`` (see :func:`load_guidance`);
+    loaded once per (name, device). Weights are stored in float16 and run in float32."""
+    if name not in packaged_guides():
+        raise ValueError(f"no packaged guide {name!r}; installed: {packaged_guides() or 'none'}")
+    return _load_packaged(name, None if device is None else str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_packaged(name: str, device: str | None) -> MuFn:
+    with as_file(files("hfkernels") / "guides" / f"{name}.safetensors") as path:
+        fn = load_guidance(path, device=device)
+    fn.name = name
+    return fn
+
+
+def default_guidance(device=None) -> MuFn:
+    """The guidance used when none is asked for: the packaged trained guide (``DEFAULT_GUIDE``)
+    when it is installed, else the heuristic map. ``device`` is where the network runs (default:
+    the inputs' device). ``describe_default()`` says which one it is."""
+    if DEFAULT_GUIDE in packaged_guides():
+        return packaged_guidance(DEFAULT_GUIDE, device)
+    return heuristic_guidance
+
+
+def describe_default() -> str:
+    """One line naming the default guidance (for ``hfkernels info`` and the CLI)."""
+    if DEFAULT_GUIDE not in packaged_guides():
+        return "heuristic map (no trained guide is installed)"
+    card = guide_card(DEFAULT_GUIDE)
+    m, r = card["model"], card["recipe"]
+    return (f"packaged trained guide '{DEFAULT_GUIDE}' ({m.get('preset')} {m.get('guide')} U-Net, "
+            f"{r['images']} training images in {r['train_seconds']:.0f} s on CPU); "
+            "--mu heuristic for the hand-made map")
+
+
+def resolve(mu=None, checkpoint=None, device=None) -> MuFn:
+    """The guidance a user asked for.
+
+    Args:
+        mu: ``"heuristic"``, a constant in [0, 1] (number or text), or None.
+        checkpoint: a training run folder or model ``.safetensors`` file (see :func:`load_guidance`);
+            when given, ``mu`` is ignored.
+        device: where a network runs (default: the inputs' device).
+
+    Returns:
+        ``mu_fn(vis, ir) -> mu``; with neither ``mu`` nor ``checkpoint``, :func:`default_guidance`.
+    """
+    if checkpoint is not None:
+        return load_guidance(checkpoint, device=device)
+    if mu is None:
+        return default_guidance(device)
+    spec = parse(mu)
+    return heuristic_guidance if spec == HEURISTIC else constant(spec)
+
+
+def load_guidance(run_dir, device=None) -> MuFn:
+    """Load a trained guidance network from a training run folder (or a ``.safetensors`` model
+    file with ``config.json`` beside it) and return ``mu_fn(vis, ir) -> mu``.
+
+    ``mu_fn`` takes vis (B, 1|3, H, W) and ir (B, 1|3, H, W) in [0, 1] and returns mu
+    (B, 1, H, W) in [0, 1] (float32, on the inputs' device, no gradient). The network runs in
+    float32 and eval mode (BatchNorm running statistics) on ``device`` (default: the inputs'
+    device). The guide kind stored with the weights is used (``mu_fn.guide``; files written
+    before residual guides existed hold scratch guides); ``mu_fn.model`` is the network.
+    """
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"run_dir must be a path, got {type(run_dir).__name__}")
+    model = load_model(run_dir, map_location="cpu")
+    model.eval()
+    dev = torch.device(device) if device is not None else None
+    if dev is not None:
+        model.to(dev)
+
+    @torch.no_grad()
+    def mu_fn(vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        target = dev or vis.device
+        if next(model.parameters()).device != target:
+            model.to(target)
+        mu, _ = forward_pair(model, vis.to(target, torch.float32), ir.to(target, torch.float32), fast=False)
+        return mu.float().clamp(0, 1).to(vis.device)
+
+    mu_fn.model = model
+    mu_fn.guide = model.guide
+    return mu_fn
+
+
+def model_guidance(model: torch.nn.Module) -> MuFn:
+    """The guidance of a network being trained: ``model`` is put in eval mode and run as the
+    trainer runs it (:func:`hfkernels.models.forward_pair`: bf16 autocast on CUDA), without
+    gradient; mu is (B, 1, H, W) float32."""
+    model.eval()
+
+    @torch.no_grad()
+    def mu_fn(vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        return forward_pair(model, vis, ir)[0].float()
+
+    mu_fn.model = model
+    return mu_fn
+
+
+__all__ = ["MuFn", "HEURISTIC", "DEFAULT_GUIDE", "parse", "constant", "packaged_guides", "guide_card",
+           "packaged_guidance", "default_guidance", "describe_default", "resolve", "load_guidance",
+           "model_guidance"]

@@ -1,0 +1,130 @@
+"""The trained guide shipped inside the package: its record, its use as the default guidance by
+``fuse_color`` / ``hfkernels fuse`` / ``eval --method guide``, and the heuristic one argument away."""
+import hashlib
+import json
+from importlib.resources import files
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import hfkernels as hk
+from hfkernels import guidance as G
+from hfkernels.cli import main
+from hfkernels.io import read_image
+
+GUIDES = files("hfkernels") / "guides"
+HELD_OUT = ("MSRS-test", "CT-MRI", "PET-MRI", "SPECT-MRI")
+
+
+def _images(h=29, w=37, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # smooth scenes, so the heuristic and the network see structure rather than pixel noise
+    vis = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 8, generator=g), size=(h, w), mode="bilinear")
+    ir = torch.nn.functional.interpolate(torch.rand(1, 1, 6, 8, generator=g), size=(h, w), mode="bilinear")
+    return vis, ir
+
+
+def test_record_matches_the_weights():
+    card = G.guide_card()
+    blob = (GUIDES / card["weights"]["file"]).read_bytes()
+    assert hashlib.sha256(blob).hexdigest() == card["weights"]["sha256"]
+    assert len(blob) == card["weights"]["bytes"] < 4_000_000  # "a few MB at most"
+    from safetensors.torch import load
+
+    tensors = load(blob)
+    assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float16}
+    assert card["model"]["guide"] == "residual" and card["model"]["preset"] == "small"
+    for key in ("command", "settings", "train_seconds", "epochs", "images", "machine"):
+        assert key in card["recipe"], key
+
+
+def test_record_backs_the_default():
+    """The shipped (float16) weights scored at least the heuristic's VIF and Qabf on MSRS-test and
+    on at least two of the three Harvard sets: the reason it is the default."""
+    scores = G.guide_card()["scores"]
+    shipped, heur = scores["shipped (float16 weights)"], scores["heuristic guidance"]
+    assert set(HELD_OUT) <= set(shipped)
+
+    def wins(s):
+        return all(shipped[s][m] >= heur[s][m] for m in ("VIF", "Qabf"))
+
+    assert wins("MSRS-test")
+    assert sum(wins(s) for s in HELD_OUT[1:]) >= 2
+
+
+def test_default_guidance_is_the_packaged_network():
+    vis, ir = _images()
+    fn = G.default_guidance()
+    assert fn is G.packaged_guidance() and fn.name == G.DEFAULT_GUIDE and fn.guide == "residual"
+    mu = fn(vis, ir)
+    assert mu.shape == (1, 1, 29, 37) and mu.dtype == torch.float32
+    assert 0 <= mu.min() and mu.max() <= 1
+    # a trained residual guide: near the heuristic, but not equal to it
+    h = hk.heuristic_guidance(vis, ir)
+    assert 0 < (mu - h).abs().max() < 0.5
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 29, 37), (2, 3, 1, 1), (2, 1, 17, 8)])
+def test_fuse_color_defaults_to_the_packaged_guide(shape):
+    g = torch.Generator().manual_seed(1)
+    vis = torch.rand(*shape, generator=g)
+    ir = torch.rand(shape[0], 1, *shape[2:], generator=g)
+    want = hk.fuse_color(vis, ir, G.default_guidance()(vis, ir))
+    torch.testing.assert_close(hk.fuse_color(vis, ir), want, rtol=0, atol=0)
+    assert hk.fuse_color(vis.double(), ir.double()).dtype == torch.float64
+
+
+def test_fuse_color_default_needs_matching_inputs():
+    with pytest.raises(TypeError, match="ir has dtype"):
+        hk.fuse_color(torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="ir"):
+        hk.fuse_color(torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 9))
+
+
+def test_without_a_packaged_guide_the_default_is_the_heuristic(monkeypatch):
+    monkeypatch.setattr(G, "packaged_guides", lambda: [])
+    assert G.default_guidance() is hk.heuristic_guidance
+    assert "heuristic" in G.describe_default()
+    vis, ir = _images()
+    torch.testing.assert_close(hk.fuse_color(vis, ir), hk.fuse_color(vis, ir, hk.heuristic_guidance(vis, ir)))
+    with pytest.raises(ValueError, match="no packaged guide"):
+        G.packaged_guidance("nope")
+
+
+def test_info_names_the_default_guide(capsys):
+    assert main(["info"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("guide"))
+    assert "packaged trained guide 'default'" in line and "small residual" in line and "--mu heuristic" in line
+
+
+def _pair(tmp_path, h=23, w=31):
+    rng = np.random.default_rng(0)
+    vi, ir = tmp_path / "vi.png", tmp_path / "ir.png"
+    small = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((w, h), Image.BILINEAR).save(vi)
+    Image.fromarray(small[..., 0]).resize((w, h), Image.BILINEAR).save(ir)
+    return vi, ir
+
+
+def test_cli_fuse_defaults_to_the_packaged_guide(tmp_path):
+    v, i = _pair(tmp_path)
+    vis, ir = read_image(v)[None], read_image(i, "gray")[None]
+    outs = {}
+    for name, extra in (("default", []), ("heuristic", ["--mu", "heuristic"])):
+        out = tmp_path / f"{name}.png"
+        assert main(["fuse", "--vis", str(v), "--ir", str(i), "--out", str(out), *extra]) == 0
+        outs[name] = read_image(out)[None]
+    tol = 0.5 / 255 + 1e-6
+    assert (outs["default"] - hk.fuse_color(vis, ir)).abs().max() <= tol
+    assert (outs["heuristic"] - hk.fuse_color(vis, ir, hk.heuristic_guidance(vis, ir))).abs().max() <= tol
+
+
+def test_eval_method_guide(tmp_path, capsys):
+    v, i = _pair(tmp_path, h=48, w=56)  # VIF needs 41x41
+    out = tmp_path / "scores.json"
+    assert main(["eval", "--vis", str(v), "--ir", str(i), "--method", "guide,heuristic", "--metrics", "VIF,Qabf",
+                 "--json", str(out), "--quiet"]) == 0
+    text = json.dumps(json.loads(out.read_text()))
+    assert "fuse_color, packaged trained guide" in text and "fuse_color, heuristic guidance" in text
