@@ -53,17 +53,6 @@ def half_weights(path: Path) -> tuple[bytes, dict]:
     return save(tensors, metadata=meta), json.loads(meta["config"])
 
 
-def tests_sizes(root: Path, limit):
-    from hfkernels.data import PairDataset
-
-    sys.path.insert(0, str(HERE))
-    import trained_guidance as tg
-
-    for label, folder, _ in tg.TEST_SETS:
-        n = len(PairDataset(str(root / folder), split="test"))
-        yield label, folder, n if limit is None else min(n, limit)
-
-
 def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))
     import trained_guidance as tg
@@ -96,6 +85,7 @@ def main(argv=None) -> int:
 
     st = results["settings"]
     root = Path(st["data_root"])
+    tests = tg.TestSets(root, st.get("eval_limit"))
     card = {
         "name": args.name,
         "model": config,
@@ -108,13 +98,12 @@ def main(argv=None) -> int:
                    "train_seconds": cell["train_seconds"], "epochs": cell["epochs"], "images": cell["images"],
                    "machine": results["machine"]},
         "data": {"train": {name: "train split" if name == "MSRS" else "every pair" for name in tg.TRAIN_SETS},
-                 "held_out": {label: f"{n} pairs" for label, _, n in tests_sizes(root, st.get("eval_limit"))}},
+                 "held_out": {label: f"{len(pairs)} pairs" for label, _, pairs in tests.sets}},
         "scores": {"job (float32 weights)": cell["scores"],
                    "heuristic guidance": results["baselines"].get("heuristic guidance")},
     }
     if not args.skip_eval:
         t0 = time.perf_counter()
-        tests = tg.TestSets(root, st.get("eval_limit"))
         mu_fn = load_guidance(weights)
         names = st["metrics"].split(",")
         card["scores"]["shipped (float16 weights)"] = tests.score(colour(mu_fn), names, "cpu")

@@ -68,11 +68,17 @@ DEFAULT_GUIDE = "default"
 def packaged_guides() -> list[str]:
     """Names of the trained guides installed with the package (``hfkernels/guides/NAME.safetensors``
     with its record ``NAME.json``: recipe, data, held-out scores)."""
+    return list(_installed_guides())
+
+
+@functools.cache
+def _installed_guides() -> tuple[str, ...]:
+    # read once: default_guidance() asks on every fuse_color(vis, ir) call
     folder = files("hfkernels") / "guides"
     if not folder.is_dir():
-        return []
-    return sorted(f.name[: -len(".safetensors")] for f in folder.iterdir()
-                  if f.name.endswith(".safetensors") and (folder / (f.name[: -len(".safetensors")] + ".json")).is_file())
+        return ()
+    return tuple(sorted(f.name[: -len(".safetensors")] for f in folder.iterdir()
+                        if f.name.endswith(".safetensors") and (folder / (f.name[: -len(".safetensors")] + ".json")).is_file()))
 
 
 def guide_card(name: str = DEFAULT_GUIDE) -> dict:
