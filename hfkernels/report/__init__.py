@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation import Pair, fused_and_mu, pairs_from_dataset, pairs_from_files, score
+from ..evaluation import Pair, colour, fused_and_mu, pairs_from_dataset, pairs_from_files, score
+from ..heuristic import heuristic_guidance
 from .images import crop_geometry, differ_most, save_crop, save_full_and_thumb
 from .page import Picture, SectionView, ShownPair, render
 from .paper import PAPER_ROWS, paper_dataset
@@ -340,26 +341,12 @@ def training_report(trainer, limit: int | None = None, progress: bool = False) -
     """
     from .. import checkpoint as ckpt
     from ..data import PairDataset
-    from ..fusion import fuse_color, heuristic_guidance
-
     cfg = trainer.cfg
     if not trainer.test_sets:
         return None
-    levels, backend = cfg.levels, cfg.backend
-    model_mu = trainer.guidance_fn()
-
-    def blend(vis, ir, mu):
-        return fuse_color(vis, ir, mu, levels, backend=backend)
-
-    def guided(mu_fn):
-        def f(vis, ir):
-            return blend(vis, ir, f.guidance(vis, ir))
-        f.guidance = lambda vis, ir: mu_fn(vis, ir).float().clamp(0, 1)
-        f.blend = blend
-        return f
-
     epoch = trainer.history[-1]["epoch"] if trainer.history else 0
-    fusions = {f"trained guidance (epoch {epoch})": guided(model_mu), "heuristic guidance": guided(heuristic_guidance)}
+    fusions = {f"trained guidance (epoch {epoch})": colour(trainer.guidance_fn(), cfg.levels, cfg.backend),
+               "heuristic guidance": colour(heuristic_guidance, cfg.levels, cfg.backend)}
     sets = []
     for name, ds in trainer.test_sets:
         # score the files at their own resolution (the published protocol), one section per set
