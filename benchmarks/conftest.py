@@ -36,7 +36,7 @@ import pytest
 import torch
 
 import hfkernels
-from hfkernels.backends import BACKEND_NAMES, backend_status, get_backend
+from hfkernels.core.backends import BACKEND_NAMES, backend_status, get_backend
 
 # The CPU targets are stated for 2 threads; pin it so CPU figures compare across
 # machines (GPU timings do not depend on it).

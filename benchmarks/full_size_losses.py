@@ -7,7 +7,7 @@ import time
 import torch
 
 import hfkernels as hk
-from hfkernels import loss_reference as R
+from hfkernels.core import loss_reference as R
 
 torch.set_num_threads(2)
 x=torch.rand(1,3,480,640); y=torch.rand(1,3,480,640)

@@ -118,7 +118,7 @@ def nvidia_smi() -> dict:
 
 
 def _backend_table(torch) -> dict:
-    from hfkernels.backends import backend_status
+    from hfkernels.core.backends import backend_status
 
     devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     return {d: {b: {"ok": ok, "why": why} for b, (ok, why) in backend_status(d).items()} for d in devices}

@@ -33,9 +33,9 @@ def build(out: Path, pairs: int, distinct: int, size: tuple[int, int], seed: int
     import torch
 
     from hfkernels.evaluation import BASELINES, fused_and_mu, method
+    from hfkernels.evaluation.report import ReportPictures, ReportSet, write_report
     from hfkernels.metrics import PAPER_METRICS
-    from hfkernels.report import ReportPictures, ReportSet, write_report
-    from hfkernels.synthetic import SyntheticPairs
+    from hfkernels.training.synthetic import SyntheticPairs
 
     fusions = {"stand-in for a checkpoint (fuse_color, heuristic)": method("heuristic")}
     fusions.update({label: method(spec) for label, spec in BASELINES})
@@ -70,7 +70,7 @@ def build(out: Path, pairs: int, distinct: int, size: tuple[int, int], seed: int
 def _renamed(sp, old: str, new: str):
     import dataclasses
 
-    from hfkernels.report.page import Picture
+    from hfkernels.evaluation.report.page import Picture
 
     def r(v):
         if isinstance(v, Picture):
@@ -86,7 +86,7 @@ def _renamed(sp, old: str, new: str):
 
 def open_times(index: Path, runs: int) -> list[dict]:
     """Open ``index`` ``runs`` times, each in a fresh browser; the timings of each run."""
-    from hfkernels.report.browser import Browser
+    from hfkernels.evaluation.report.browser import Browser
 
     out = []
     for _ in range(runs):

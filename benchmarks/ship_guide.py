@@ -1,7 +1,7 @@
 """Package one trained guide from a "Trained guidance" job as hfkernels' default guidance.
 
 Takes the weights a cell of ``benchmarks/trained_guidance.py`` kept (``OUT/snapshots/``), stores
-them in half precision with their model configuration inside ``hfkernels/guides/NAME.safetensors``,
+them in half precision with their model configuration inside ``hfkernels/guidance/guides/NAME.safetensors``,
 scores the stored (half-precision) weights again on the held-out sets of that job at native
 resolution, and writes ``NAME.json`` beside them: the recipe (the job's settings, the cell's
 training figures, the machine), the data it was trained and scored on, the scores next to the
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-GUIDES = HERE.parent / "hfkernels" / "guides"
+GUIDES = HERE.parent / "hfkernels" / "guidance" / "guides"
 
 
 def parse_args(argv=None):
@@ -56,9 +56,10 @@ def half_weights(path: Path) -> tuple[bytes, dict]:
 def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))
     import trained_guidance as tg
-    from hfkernels.checkpoint import atomic_write_bytes, atomic_write_json
+
     from hfkernels.evaluation import colour
     from hfkernels.guidance import load_guidance
+    from hfkernels.io import atomic_write_bytes, atomic_write_json
 
     args = parse_args(argv)
     job = Path(args.job)

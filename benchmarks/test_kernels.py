@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import HAS_GPU, REFERENCE, backend_params, rand, skip_unless_backend
 
 import hfkernels
-from conftest import HAS_GPU, REFERENCE, backend_params, rand, skip_unless_backend
 
 LEVELS = 4
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -1,5 +1,5 @@
 """Loss kernels per backend against plain formulations: SSIM (windows 48 and 11) forward+backward
-against the dense 2-D-convolution SSIM of the released loss (``hfkernels.loss_reference``),
+against the dense 2-D-convolution SSIM of the released loss (``hfkernels.core.loss_reference``),
 gradient-max, and ``FusionLoss`` against the plain composition (``loss_reference.fusion_loss``);
 pytorch-msssim as an optional comparison for window 11.
 
@@ -20,10 +20,10 @@ import os
 
 import pytest
 import torch
+from conftest import HAS_GPU, backend_params, rand, shape_str, skip_unless_backend
 
 import hfkernels
-from hfkernels import loss_reference as lref
-from conftest import HAS_GPU, backend_params, rand, shape_str, skip_unless_backend
+from hfkernels.core import loss_reference as lref
 
 FULL = os.environ.get("HFK_BENCH_FULL", "0") not in ("", "0")
 DEVICES = ["cpu"] + (["cuda"] if HAS_GPU else [])

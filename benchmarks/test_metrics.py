@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import HAS_GPU
 
 H, W = 480, 640

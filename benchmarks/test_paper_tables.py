@@ -6,7 +6,7 @@ BF16 (autocast of the network); time per batch and peak memory. Each set-up runs
 fastest available fusion backend and is compared, in this process, with the same pipeline on the
 reference ``"torch"`` backend.
 
-Table 9: one training step of :class:`hfkernels.train.Trainer` (network, fusion, FusionLoss, KL
+Table 9: one training step of :class:`hfkernels.training.loop.Trainer` (network, fusion, FusionLoss, KL
 term, backward, grad-norm clip, AdamW) at batch 16, 640x480 (bf16 autocast on CUDA, as the
 trainer does); images/s, peak memory and the time of an epoch of 1,083 images (MSRS training
 set) extrapolated from it, compared with the same trainer on the reference backend. On a GPU the
@@ -22,9 +22,9 @@ import contextlib
 
 import pytest
 import torch
+from conftest import HAS_GPU, MAIN_DEVICE, REFERENCE, best_backend, scaled_note
 
 import hfkernels
-from conftest import HAS_GPU, MAIN_DEVICE, REFERENCE, best_backend, scaled_note
 
 EPOCH_IMAGES = 1083  # MSRS training pairs (Table 9)
 
@@ -48,7 +48,7 @@ CMP = {"rounds": 2, "warmup": False} if MAIN_DEVICE == "cpu" else {"rounds": 10}
 def _pairs(batch, h, w, device):
     """A batch of visible (B,3,H,W) / infrared (B,1,H,W) images in [0,1]."""
     try:
-        from hfkernels.synthetic import make_pair
+        from hfkernels.training.synthetic import make_pair
 
         pairs = [make_pair(h, w, seed=i) for i in range(min(batch, 4))]
         vis = torch.stack([p[0] for p in pairs]).float()
@@ -69,9 +69,9 @@ def _pairs(batch, h, w, device):
 
 def _models():
     try:
-        from hfkernels.models import GuidanceUNet, guidance_input
+        from hfkernels.guidance.models import GuidanceUNet, guidance_input
     except ImportError as e:
-        pytest.skip(f"hfkernels.models is not importable yet: {e}")
+        pytest.skip(f"hfkernels.guidance.models is not importable yet: {e}")
     return GuidanceUNet, guidance_input
 
 
@@ -135,9 +135,9 @@ def test_table5_inference(rec, paper_net, row, precision):
 
 def _trainer(preset, backend, batch, hw, tmp_path):
     try:
-        from hfkernels.train import TrainConfig, Trainer
+        from hfkernels.training.loop import TrainConfig, Trainer
     except ImportError as e:
-        pytest.skip(f"hfkernels.train is not importable yet: {e}")
+        pytest.skip(f"hfkernels.training.loop is not importable yet: {e}")
     try:
         cfg = TrainConfig(preset=preset, batch_size=batch, device=MAIN_DEVICE, backend=backend,
                           out=str(tmp_path / f"run-{preset}-{backend}"), synthetic_pairs=batch,

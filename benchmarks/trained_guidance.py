@@ -5,7 +5,7 @@ MSRS-train from the data root (``$HFK_DATA``, else ``shared/data`` beside the ch
 :func:`hfkernels.io.data_root`) and evaluate it on MSRS-test and the three Harvard sets at their
 native resolution (EN, MI, VIF, Qabf, SSIM; the published protocol). Beside the trained rows:
 the heuristic guidance, ``mu = 0.5``, the visible image as the fused image, and the paper's
-published rows (:data:`hfkernels.report.PAPER_ROWS`).
+published rows (:data:`hfkernels.evaluation.report.PAPER_ROWS`).
 
 The budgets of one (preset, guide) are one run trained in stages: the run is trained until its
 total training time passes the first budget, evaluated, then resumed until the next budget, and
@@ -93,7 +93,7 @@ def _names(text: str, option: str, allowed) -> list[str]:
 def training_specs(root: Path, out: Path, limit: int | None) -> list[str]:
     """Data arguments of the training sets; with ``limit``, folders of links to the first
     ``limit`` pairs of each set (made under ``out/subset``)."""
-    from hfkernels.data import PairDataset
+    from hfkernels.io.datasets import PairDataset
 
     specs = [str(root / name) for name in TRAIN_SETS]
     if limit is None:
@@ -117,8 +117,8 @@ class TestSets:
     """The test pairs, decoded once and kept as uint8 (native resolution)."""
 
     def __init__(self, root: Path, limit: int | None):
-        from hfkernels.data import PairDataset
         from hfkernels.evaluation import pairs_from_dataset
+        from hfkernels.io.datasets import PairDataset
 
         self.sets = [(label, paper_key, pairs_from_dataset(PairDataset(str(root / folder), split="test"), limit,
                                                            cache=True))
@@ -144,7 +144,7 @@ def load_results(out: Path, args, root: Path) -> dict:
 
 
 def save(out: Path, results: dict) -> None:
-    from hfkernels.checkpoint import atomic_write_bytes, atomic_write_json
+    from hfkernels.io import atomic_write_bytes, atomic_write_json
 
     atomic_write_json(out / "results.json", results)
     atomic_write_bytes(out / "RESULTS.md", markdown(results).encode())
@@ -156,8 +156,8 @@ def cell_key(preset: str, guide: str, budget: float) -> str:
 
 def train_to(run_dir: Path, preset: str, guide: str, budget: float, args, specs) -> dict:
     """Train (or continue) the run in ``run_dir`` until ``budget`` seconds of training."""
-    from hfkernels import checkpoint as ckpt
-    from hfkernels.train import Trainer, TrainConfig
+    from hfkernels.io import read_json
+    from hfkernels.training.loop import TrainConfig, Trainer
 
     cfg = TrainConfig(data=list(specs), test=[], preset=preset, guide=guide, batch_size=args.batch_size,
                       max_size=args.paper_max_size if preset == "paper" else args.max_size,
@@ -168,7 +168,7 @@ def train_to(run_dir: Path, preset: str, guide: str, budget: float, args, specs)
         tr.fit()
     finally:
         tr.close()
-    hist = ckpt.read_json(run_dir / "history.json")
+    hist = read_json(run_dir / "history.json")
     return {"train_seconds": sum(r["seconds"] for r in hist), "epochs": len(hist),
             "images": sum(r["images"] for r in hist), "last_epoch_batches": hist[-1]["batches"],
             "train_loss": hist[-1]["train_loss"], "first_train_loss": hist[0]["train_loss"]}
@@ -184,10 +184,16 @@ def snapshot(run_dir: Path, dest: Path) -> None:
 
 def run(args) -> int:
     from hfkernels.evaluation import colour, method
-    from hfkernels.guidance import HEURISTIC, constant, load_guidance, model_guidance, resolve
+    from hfkernels.guidance import (
+        HEURISTIC,
+        constant,
+        load_guidance,
+        model_guidance,
+        resolve,
+    )
+    from hfkernels.guidance.models import GuidanceUNet
     from hfkernels.io import data_root
     from hfkernels.metrics import check_names
-    from hfkernels.models import GuidanceUNet
 
     root = Path(args.data_root) if args.data_root else data_root()
     if root is None or not root.is_dir():
@@ -251,7 +257,7 @@ def _short(scores: dict) -> str:
 
 # --------------------------------------------------------------------------------- markdown
 def markdown(results: dict) -> str:
-    from hfkernels.report import PAPER_ROWS
+    from hfkernels.evaluation.report import PAPER_ROWS
 
     st = results["settings"]
     names = [n for n in METRICS if n in st["metrics"].split(",")] or st["metrics"].split(",")

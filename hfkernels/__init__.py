@@ -19,8 +19,8 @@ __version__ = "0.1.0"
 if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "1000"
 
-from .backends import BackendUnavailableError, available_backends, backend_status
-from .fusion import (
+from .core.backends import BackendUnavailableError, available_backends, backend_status
+from .core.fusion import (
     fuse,
     fuse_color,
     heuristic_blend,
@@ -30,20 +30,22 @@ from .fusion import (
 )
 
 # Loaded on first use so `import hfkernels` stays light.
+# name -> (module, attribute or None for the module itself)
 _LAZY = {
-    "ssim": "losses",
-    "ssim_loss": "losses",
-    "gradient_max_loss": "losses",
-    "FusionLoss": "losses",
-    "metrics": None,
-    "models": None,
+    "ssim": ("core.losses", "ssim"),
+    "ssim_loss": ("core.losses", "ssim_loss"),
+    "gradient_max_loss": ("core.losses", "gradient_max_loss"),
+    "FusionLoss": ("core.losses", "FusionLoss"),
+    "metrics": ("metrics", None),
+    "models": ("guidance.models", None),
 }
 
 
 def __getattr__(name):
     if name in _LAZY:
-        mod = importlib.import_module(f".{_LAZY[name] or name}", __name__)
-        return mod if _LAZY[name] is None else getattr(mod, name)
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(f".{module}", __name__)
+        return mod if attr is None else getattr(mod, attr)
     raise AttributeError(f"module 'hfkernels' has no attribute {name!r}")
 
 

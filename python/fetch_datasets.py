@@ -8,7 +8,7 @@ internet, then point ``--data`` / ``--test`` (or ``HFK_DATA``) at the result:
     python python/fetch_datasets.py --dest data msrs roadscene
     python python/fetch_datasets.py --list                 # show the sources, do nothing
 
-Resulting layout (what ``hfkernels.data.find_sets`` recognises)::
+Resulting layout (what ``hfkernels.io.datasets.find_sets`` recognises)::
 
     data/MSRS/{train,test}/{vi,ir}          data/RoadScene/{vi,ir}
     data/TNO/{vi,ir}                        data/Harvard/{CT,PET,SPECT}-MRI/{CT|PET|SPECT,MRI}

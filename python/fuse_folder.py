@@ -23,7 +23,7 @@ def expand(argv):
     """Replace ``--data DIR`` by one ``--vis/--ir/--out`` job per pair set found in DIR."""
     if "--data" not in argv:
         return [argv]
-    from hfkernels.data import find_sets
+    from hfkernels.io.datasets import find_sets
 
     i = argv.index("--data")
     rest = argv[:i] + argv[i + 2:]

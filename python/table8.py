@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hfkernels import evaluation as E  # noqa: E402
 from hfkernels.cli import parse_device, run_guarded  # noqa: E402
-from hfkernels.data import PairDataset, find_sets  # noqa: E402
 from hfkernels.guidance import load_guidance  # noqa: E402
+from hfkernels.io.datasets import PairDataset, find_sets  # noqa: E402
 
 DEFAULT_METRICS = "EN,MI,VIF,Qabf,SSIM,SD,SF,AG"
 #: (row name, hfkernels.evaluation.method) of the rows before "trained"

@@ -41,7 +41,7 @@ def devices():
 
 def backend_device_pairs(op: str):
     """(backend, device) for every backend that runs ``op`` on a device present here."""
-    from hfkernels.backends import get_backend
+    from hfkernels.core.backends import get_backend
 
     out = []
     for d in devices():

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import hfkernels
-from hfkernels import _ext
+from hfkernels.core import ext as _ext
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECT_CUDA = os.environ.get("HFK_EXPECT_CUDA") == "1"
@@ -181,7 +181,7 @@ def test_sdist_ships_every_extension_source(tmp_path):
     with tarfile.open(tarball) as tf:
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
     want = {p.relative_to(REPO).as_posix() for p in (REPO / "csrc").rglob("*") if p.is_file()}
-    want |= {p.relative_to(REPO).as_posix() for p in (REPO / "hfkernels" / "guides").iterdir()}
+    want |= {p.relative_to(REPO).as_posix() for p in (REPO / "hfkernels" / "guidance" / "guides").iterdir()}
     want |= {"docs/design.md"}
     assert {"csrc/cpu/fuse_plan.h", "csrc/cuda/fuse_kernels.cu", "csrc/cuda/fuse_kernels.cuh"} <= want
     assert not want - names, f"missing from the sdist: {sorted(want - names)}"

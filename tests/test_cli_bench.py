@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from hfkernels.cli import main
-from hfkernels.cli import bench
+from hfkernels.cli import bench, main
 
 
 def _bench(name, group, median_s, **extra):

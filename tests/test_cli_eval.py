@@ -144,9 +144,9 @@ def test_user_errors(data, tmp_path, capsys):
 
 
 def test_checkpoint(data, tmp_path):
-    from hfkernels.checkpoint import save_checkpoint
     from hfkernels.guidance import load_guidance
-    from hfkernels.models import GuidanceUNet
+    from hfkernels.guidance.checkpoint import save_checkpoint
+    from hfkernels.guidance.models import GuidanceUNet
 
     torch.manual_seed(0)
     run = tmp_path / "run"

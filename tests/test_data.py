@@ -6,16 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from hfkernels.data import (
-    BatchLoader,
-    DataError,
-    PairDataset,
-    epoch_batches,
-    find_sets,
-    fit_size,
-)
 from hfkernels.io import read_image
-from hfkernels.synthetic import SyntheticPairs, make_pair, write_pairs
+from hfkernels.io.datasets import DataError, PairDataset, find_sets, fit_size
+from hfkernels.training.batches import BatchLoader, epoch_batches
+from hfkernels.training.synthetic import SyntheticPairs, make_pair, write_pairs
 
 
 def _img(path: Path, h: int, w: int, c: int = 1, value: int | None = None):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hfkernels import checkpoint as ckpt
+from hfkernels.guidance import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ def test_two_cpu_processes_agree(tmp_path):
         assert torch.equal(saved["model"][k], w0[k])
     # the weights moved away from the initial ones (training happened in both processes)
     torch.manual_seed(0)
-    from hfkernels.models import GuidanceUNet
+    from hfkernels.guidance.models import GuidanceUNet
 
     init = GuidanceUNet(preset="tiny").state_dict()
     assert not torch.equal(init["inc.0.weight"], w0["inc.0.weight"])

@@ -1,15 +1,15 @@
 """Every backend that implements ``fuse`` (and the pyramid ops) against the reference.
 
 Backends are discovered from the registry, so a new backend is tested as soon as it registers.
-Tolerances come from the backend's own declaration (``hfkernels.backends.tolerance``).
+Tolerances come from the backend's own declaration (``hfkernels.core.backends.tolerance``).
 """
 import pytest
 import torch
 
 import hfkernels as hk
-from hfkernels import reference as ref
-from hfkernels.backends import get_backend, tolerance
-from hfkernels.fusion import max_levels
+from hfkernels.core import reference as ref
+from hfkernels.core.backends import get_backend, tolerance
+from hfkernels.core.fusion import max_levels
 
 from .conftest import backend_device_pairs
 

@@ -7,8 +7,8 @@ message that says to run it once before. Needs the extension built with CUDA and
 import pytest
 import torch
 
-from hfkernels import _ext
-from hfkernels import reference as ref
+from hfkernels.core import ext as _ext
+from hfkernels.core import reference as ref
 
 pytestmark = pytest.mark.skipif(
     not (_ext.HAS_CUDA and torch.cuda.is_available()), reason="needs the extension built with CUDA and a CUDA device"

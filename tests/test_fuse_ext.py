@@ -18,17 +18,16 @@ import pytest
 import torch
 
 import hfkernels as hk
-from hfkernels import _ext
-from hfkernels import reference as ref
-from hfkernels.backends import get_backend
-from hfkernels.ops import fuse_ext
+from hfkernels.core import ext as _ext
+from hfkernels.core import reference as ref
+from hfkernels.core.backends import get_backend
 
 from .test_fuse_backends import _inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_ext = pytest.mark.skipif(not fuse_ext.AVAILABLE, reason=f"C++ extension not built ({_ext.ERROR})")
+needs_ext = pytest.mark.skipif(not (_ext.ERROR is None), reason=f"C++ extension not built ({_ext.ERROR})")
 needs_cuda = pytest.mark.skipif(
-    not (fuse_ext.AVAILABLE and _ext.HAS_CUDA and torch.cuda.is_available()),
+    not ((_ext.ERROR is None) and _ext.HAS_CUDA and torch.cuda.is_available()),
     reason="needs the extension built with CUDA and a CUDA device",
 )
 
@@ -103,10 +102,10 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     import torch
     import hfkernels
-    from hfkernels.backends import get_backend
-    from hfkernels.ops import fuse_ext
+    from hfkernels.core.backends import get_backend
+    from hfkernels.core import ext as _ext
     out = {
-        "available": fuse_ext.AVAILABLE,
+        "available": (_ext.ERROR is None),
         "ops": {b: sorted(get_backend(b).ops) for b in ("cpu", "cuda")},
         "torch_ops": [n for n in ("fuse", "fuse_backward") if hasattr(torch.ops.hfkernels_ext, n)],
         "fuse_works": bool(torch.isfinite(hfkernels.fuse(*[torch.rand(1, 1, 8, 8)] * 3)).all()),
@@ -126,7 +125,7 @@ def test_registers_nothing_without_extension():
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got == {"available": False, "ops": {"cpu": [], "cuda": []}, "torch_ops": [],
                    "fuse_works": True, "warned": True}
-    if fuse_ext.AVAILABLE:  # the same check sees the registration where the extension is built
+    if _ext.ERROR is None:  # the same check sees the registration where the extension is built
         assert "fuse" in get_backend("cpu").ops and hasattr(torch.ops.hfkernels_ext, "fuse")
 
 

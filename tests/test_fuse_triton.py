@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import hfkernels as hk
-from hfkernels import reference as ref
-from hfkernels.backends import triton_interpreting
+from hfkernels.core import reference as ref
+from hfkernels.core.backends import triton_interpreting
 
 ft = pytest.importorskip("hfkernels.ops.fuse_triton")
 if ft.triton is None or "triton" not in hk.available_backends("cpu" if triton_interpreting() else None):

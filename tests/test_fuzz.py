@@ -7,7 +7,7 @@ argument made invalid. The properties:
 
 - an invalid argument raises a named error (ValueError, TypeError, BackendUnavailableError);
 - a valid call returns the documented shape and dtype, finite where the inputs are finite, within
-  the backend's declared tolerance (``hfkernels.backends.tolerance``) of the float64 reference,
+  the backend's declared tolerance (``hfkernels.core.backends.tolerance``) of the float64 reference,
   scaled by the inputs' magnitude and, for SSIM, by its conditioning (see ``ssim_slack``);
 - first-order gradients (where drawn) match the reference's.
 
@@ -26,11 +26,11 @@ from hypothesis import given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import hfkernels as hk  # noqa: E402
-from hfkernels import loss_reference as lref  # noqa: E402
 from hfkernels import metrics as M  # noqa: E402
-from hfkernels import reference as ref  # noqa: E402
-from hfkernels.backends import BackendUnavailableError, get_backend, tolerance  # noqa: E402
-from hfkernels.fusion import max_levels  # noqa: E402
+from hfkernels.core import loss_reference as lref  # noqa: E402
+from hfkernels.core import reference as ref  # noqa: E402
+from hfkernels.core.backends import BackendUnavailableError, get_backend, tolerance  # noqa: E402
+from hfkernels.core.fusion import max_levels  # noqa: E402
 
 from .conftest import backend_device_pairs  # noqa: E402
 

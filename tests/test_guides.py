@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 import hfkernels as hk
-from hfkernels import guidance as G
 from hfkernels.cli import main
+from hfkernels.guidance import sources as G
 from hfkernels.io import read_image
 
-GUIDES = files("hfkernels") / "guides"
+GUIDES = files("hfkernels.guidance") / "guides"
 HELD_OUT = ("MSRS-test", "CT-MRI", "PET-MRI", "SPECT-MRI")
 
 

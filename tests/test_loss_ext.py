@@ -13,10 +13,11 @@ import sys
 import pytest
 import torch
 
-from hfkernels import loss_reference as LR
-from hfkernels.backends import get_backend
-from hfkernels.ops.loss_torch import kept_taps, ssim_autograd_kept
-from hfkernels.reference import gaussian_taps
+import hfkernels as hk
+from hfkernels.core import loss_reference as LR
+from hfkernels.core.backends import get_backend
+from hfkernels.core.reference import gaussian_taps
+from hfkernels.ops._contracts import kept_taps, ssim_autograd_kept
 
 _cpu = get_backend("cpu")
 pytestmark = pytest.mark.skipif(
@@ -203,8 +204,9 @@ def test_bad_arguments_raise():
         ops.ssim_forward(x.half(), x.half(), *_window(3), 1e-4, 9e-4, False, False)
     with pytest.raises(RuntimeError, match="same shape"):
         ops.gradient_max_forward(x, x, torch.rand(1, 1, 8, 7))
+    # the public function checks the padding before any backend runs
     with pytest.raises(ValueError, match="padding"):
-        _ssim(x, x, 3, "reflect")
+        hk.ssim(x, x, 3, padding="reflect", backend="cpu")
 
 
 def test_results_do_not_depend_on_thread_count():
@@ -224,7 +226,7 @@ def test_results_do_not_depend_on_thread_count():
 
 _BASELINE_SCRIPT = """
 import torch, hfkernels
-from hfkernels.backends import get_backend
+from hfkernels.core.backends import get_backend
 ssim = get_backend("cpu").ops["ssim"]
 g = torch.Generator().manual_seed(0)
 x = (torch.rand(2, 3, 37, 45, generator=g) * 2 - 1).requires_grad_()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hfkernels.backends import triton_interpreting
+from hfkernels.core.backends import triton_interpreting
 
 lt = pytest.importorskip("hfkernels.ops.loss_triton")
 if lt.triton is None:

@@ -1,5 +1,5 @@
 """Loss ops ("ssim", "gradient_max") of every backend and FusionLoss against the transcription of
-the released loss (hfkernels/loss_reference.py), plus hand-computed values and argument errors.
+the released loss (hfkernels/core/loss_reference.py), plus hand-computed values and argument errors.
 
 Backends are discovered from the registry (a backend that registers "ssim"/"gradient_max" is
 tested here automatically). The Triton interpreter is slow, so it only sees small shapes.
@@ -8,14 +8,13 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import hfkernels as hk
-from hfkernels import loss_reference as lref
-from hfkernels import reference as ref
-from hfkernels.backends import get_backend, tolerance
+from hfkernels.core import loss_reference as lref
+from hfkernels.core import reference as ref
+from hfkernels.core.backends import get_backend, tolerance
+from hfkernels.core.losses import ssim_per_image
 from hfkernels.io import read_image
-from hfkernels.losses import ssim_per_image
 
 from .conftest import backend_device_pairs
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from hfkernels import metrics as M
-from hfkernels.metrics import _filters, _prep
+from hfkernels.core import filters as _filters
+from hfkernels.metrics import _prep
 
 torch.manual_seed(0)
 

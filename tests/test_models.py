@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from hfkernels.checkpoint import save_checkpoint
-from hfkernels.fusion import heuristic_guidance
+from hfkernels.core.fusion import heuristic_guidance
+from hfkernels.core.reference import luma
 from hfkernels.guidance import load_guidance
-from hfkernels.models import (
+from hfkernels.guidance.checkpoint import save_checkpoint
+from hfkernels.guidance.models import (
     EPS,
     PRESETS,
     GuidanceUNet,
@@ -16,7 +17,6 @@ from hfkernels.models import (
     kl_term,
     residual_mu,
 )
-from hfkernels.reference import luma
 
 
 @pytest.mark.parametrize("preset,expected", [("paper", 17_262_466), ("small", 608_426), ("tiny", 68_026)])
@@ -233,7 +233,7 @@ def test_guide_argument_checks():
 def test_checkpoint_round_trip_of_guide_kinds(tmp_path, guide):
     import json
 
-    from hfkernels.checkpoint import load_checkpoint, load_model
+    from hfkernels.guidance.checkpoint import load_checkpoint, load_model
 
     torch.manual_seed(0)
     m = GuidanceUNet(preset="tiny", guide=guide)

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 import hfkernels as hk
-from hfkernels import reference as ref
-from hfkernels.fusion import max_levels
+from hfkernels.core import reference as ref
+from hfkernels.core.fusion import max_levels
 
 SIZES = [(1, 1), (2, 3), (5, 2), (7, 9), (16, 16), (33, 20)]
 
@@ -110,7 +110,7 @@ def test_colour_round_trip_and_gray():
 
 
 def test_bt601_luma_and_chroma_have_one_definition():
-    from hfkernels import loss_reference
+    from hfkernels.core import loss_reference
 
     # The released loss uses the same functions, not a copy of the coefficients.
     assert loss_reference.luma is ref.luma and loss_reference.chroma is ref.chroma

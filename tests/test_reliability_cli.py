@@ -18,9 +18,14 @@ import torch
 from PIL import Image
 
 import hfkernels as hk
-from hfkernels import checkpoint as ckpt
 from hfkernels.cli import CLIError, main
-from hfkernels.io import OutputError, check_outputs
+from hfkernels.guidance import checkpoint as ckpt
+from hfkernels.io import (
+    OutputError,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_outputs,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -135,7 +140,7 @@ def test_fuse_output_must_be_an_image_name(pair, tmp_path, capsys):
 
 
 def test_fuse_never_replaces_a_checkpoint_file(pair, tmp_path, capsys):
-    from hfkernels.models import GuidanceUNet
+    from hfkernels.guidance.models import GuidanceUNet
 
     run = tmp_path / "run"
     ckpt.save_checkpoint(run, GuidanceUNet(preset="tiny"), None, epoch=1)
@@ -203,7 +208,7 @@ def test_bench_plot_follows_the_rule(tmp_path, capsys):
 
 def test_train_run_folder_rules(folders, tmp_path, capsys):
     from hfkernels.cli.train import check_run_folder
-    from hfkernels.train import TrainConfig
+    from hfkernels.training.loop import TrainConfig
 
     before = _snapshot(folders)
     _fail(capsys, ["train", "--data", str(folders), "--out", str(folders), "--overwrite"], "is the input")
@@ -217,7 +222,7 @@ def test_train_run_folder_rules(folders, tmp_path, capsys):
     check_run_folder(TrainConfig(out=str(folders)), overwrite=True)  # the explicit way in
     # a run folder (with a note of the user's beside it) is the trainer's business, not this rule's
     run = tmp_path / "run"
-    ckpt.atomic_write_json(run / ckpt.CONFIG_JSON, {"format": ckpt.FORMAT})
+    atomic_write_json(run / ckpt.CONFIG_JSON, {"format": ckpt.FORMAT})
     (run / "notes.txt").write_text("mine")
     check_run_folder(TrainConfig(out=str(run)), overwrite=False)
     empty = tmp_path / "empty"
@@ -298,7 +303,7 @@ def test_eval_json_is_strict_json(tmp_path, monkeypatch):
         out["SD"] = torch.full_like(out["SD"], float("inf"))
         return out
 
-    import hfkernels.evaluation as E
+    import hfkernels.evaluation.scoring as E
 
     monkeypatch.setattr(E, "evaluate", degenerate)  # the scoring loop's reference to the metrics
     js, bj = tmp_path / "m.json", tmp_path / "b.json"
@@ -429,16 +434,16 @@ def test_save_mu_then_eval(tmp_path, capsys):
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
 def test_run_files_honour_the_umask(tmp_path, umask):
-    from hfkernels.models import GuidanceUNet
+    from hfkernels.guidance.models import GuidanceUNet
 
     old = os.umask(umask)
     try:
         run = tmp_path / "run"
         model = GuidanceUNet(preset="tiny")
         ckpt.save_checkpoint(run, model, torch.optim.SGD(model.parameters(), 0.1), epoch=1)
-        ckpt.atomic_write_json(run / ckpt.CONFIG_JSON, {"format": ckpt.FORMAT})
-        ckpt.atomic_write_json(run / "history.json", [])
-        ckpt.atomic_write_json(run / "history.json", [{"epoch": 1}])  # replacing keeps the rule
+        atomic_write_json(run / ckpt.CONFIG_JSON, {"format": ckpt.FORMAT})
+        atomic_write_json(run / "history.json", [])
+        atomic_write_json(run / "history.json", [{"epoch": 1}])  # replacing keeps the rule
     finally:
         os.umask(old)
     files = sorted(p.name for p in run.iterdir())
@@ -454,7 +459,7 @@ def test_atomic_write_leaves_no_temporary_on_failure(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", boom)
     with pytest.raises(OSError, match="disk full"):
-        ckpt.atomic_write_bytes(tmp_path / "x.bin", b"data")
+        atomic_write_bytes(tmp_path / "x.bin", b"data")
     assert list(tmp_path.iterdir()) == []
 
 

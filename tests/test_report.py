@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from hfkernels.cli import main
+from hfkernels.evaluation.report import paper_dataset, shown_indices
+from hfkernels.evaluation.report.images import crop_geometry, differ_most
+from hfkernels.evaluation.report.plots import nice_ticks, quantile
 from hfkernels.metrics import HIGHER_IS_BETTER
-from hfkernels.report import paper_dataset, shown_indices
-from hfkernels.report.images import crop_geometry, differ_most
-from hfkernels.report.plots import nice_ticks, quantile
 
 METRICS = ["EN", "Qabf", "SD", "MSE"]  # fast ones, and one where lower is better
 
@@ -96,15 +96,15 @@ def table(page: Page, cls: str):
 
 
 def make_set(root: Path, n: int, size=(48, 64), seed=0) -> Path:
-    from hfkernels.synthetic import write_pairs
+    from hfkernels.training.synthetic import write_pairs
 
     return write_pairs(root, n=n, size=size, seed=seed)
 
 
 @pytest.fixture
 def ckpt_run(tmp_path):
-    from hfkernels.checkpoint import save_checkpoint
-    from hfkernels.models import GuidanceUNet
+    from hfkernels.guidance.checkpoint import save_checkpoint
+    from hfkernels.guidance.models import GuidanceUNet
 
     torch.manual_seed(0)
     run = tmp_path / "run"
@@ -278,7 +278,7 @@ def test_eval_report_real_pairs(data_dir, tmp_path):
     # thumbnails are small files: downscaled to the page's height, not the full image
     from PIL import Image
 
-    from hfkernels.report.images import THUMB_HEIGHT
+    from hfkernels.evaluation.report.images import THUMB_HEIGHT
 
     thumbs = list(out.rglob("*.t.jpg"))
     assert thumbs and all(Image.open(t).size[1] <= THUMB_HEIGHT for t in thumbs)
@@ -333,8 +333,13 @@ def _tree(folder: Path) -> dict:
 
 def test_pictures_reuse_the_scored_fusions(tmp_path):
     from hfkernels.evaluation import method, pairs_from_dataset
-    from hfkernels.report import ReportPictures, ReportSet, score_pairs, write_report
-    from hfkernels.synthetic import SyntheticPairs
+    from hfkernels.evaluation.report import (
+        ReportPictures,
+        ReportSet,
+        score_pairs,
+        write_report,
+    )
+    from hfkernels.training.synthetic import SyntheticPairs
 
     pairs = pairs_from_dataset(SyntheticPairs(n=5, size=(40, 56), seed=1))
     specs = {"lap": "laplacian", "blend": "blend", "vis": "vis", "colour": "0.3"}
@@ -362,8 +367,13 @@ def test_report_pictures_refusals_and_cleanup(tmp_path):
     import gc
 
     from hfkernels.evaluation import method, pairs_from_dataset
-    from hfkernels.report import ReportPictures, ReportSet, score_pairs, write_report
-    from hfkernels.synthetic import SyntheticPairs
+    from hfkernels.evaluation.report import (
+        ReportPictures,
+        ReportSet,
+        score_pairs,
+        write_report,
+    )
+    from hfkernels.training.synthetic import SyntheticPairs
 
     pairs = pairs_from_dataset(SyntheticPairs(n=3, size=(32, 40), seed=2))
     fusions = {"lap": method("laplacian")}

@@ -15,8 +15,8 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from hfkernels.cli import main
-from hfkernels.report.browser import Browser, find_chromium
-from hfkernels.report.page import PAGE_PAIRS
+from hfkernels.evaluation.report.browser import Browser, find_chromium
+from hfkernels.evaluation.report.page import PAGE_PAIRS
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def chromium():
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from hfkernels.synthetic import write_pairs
+    from hfkernels.training.synthetic import write_pairs
 
     root = tmp_path_factory.mktemp("browser")
     data = write_pairs(root / "set", n=6, size=(60, 80), seed=3)
@@ -53,7 +53,7 @@ def page(tmp_path_factory):
 @pytest.fixture(scope="module")
 def long_page(tmp_path_factory):
     """A page of more pairs than the table lays out at first, every one pictured."""
-    from hfkernels.synthetic import write_pairs
+    from hfkernels.training.synthetic import write_pairs
 
     root = tmp_path_factory.mktemp("browser-long")
     n = PAGE_PAIRS + 5

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from hfkernels import checkpoint as ckpt
 from hfkernels.cli import build_parser, main
 from hfkernels.cli.train import config_from_args
-from hfkernels.models import GuidanceUNet, guidance_input
-from hfkernels.train import Trainer, TrainConfig
+from hfkernels.guidance import checkpoint as ckpt
+from hfkernels.guidance.models import GuidanceUNet, guidance_input
+from hfkernels.io import atomic_write_json
+from hfkernels.training.loop import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 # small, fast settings shared by the CLI runs below (generated scenes unless --data is given)
@@ -91,14 +92,14 @@ def test_checkpoint_crash_leaves_previous(tmp_path, monkeypatch):
 
 def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
     p = tmp_path / "a.json"
-    ckpt.atomic_write_json(p, {"v": 1})
+    atomic_write_json(p, {"v": 1})
 
     def boom(*a):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError):
-        ckpt.atomic_write_json(p, {"v": 2})
+        atomic_write_json(p, {"v": 2})
     monkeypatch.undo()
     assert json.loads(p.read_text()) == {"v": 1}
     assert [x.name for x in tmp_path.iterdir()] == ["a.json"]
@@ -198,10 +199,10 @@ def test_default_arguments():
 def test_native_resolution_evaluation_with_max_size(tmp_path):
     """--max-size shrinks the training images only: the test pairs keep their size, the baseline
     is the heuristic scored at native size, and a fresh residual guide scores exactly that."""
-    from hfkernels.fusion import fuse_color, heuristic_guidance
+    from hfkernels.core.fusion import fuse_color, heuristic_guidance
     from hfkernels.io import read_image
     from hfkernels.metrics import evaluate
-    from hfkernels.synthetic import write_pairs
+    from hfkernels.training.synthetic import write_pairs
 
     write_pairs(tmp_path / "train", 4, (40, 60), seed=1)
     write_pairs(tmp_path / "test", 2, (45, 66), seed=2)
@@ -238,7 +239,7 @@ def test_native_resolution_evaluation_with_max_size(tmp_path):
                        out=str(tmp_path / "run2"))
     tr2 = Trainer(cfg2, progress=False)
     tr2._build()
-    from hfkernels.data import fit_size
+    from hfkernels.io.datasets import fit_size
 
     assert tuple(tr2.test_sets[0][1][0][0].shape[-2:]) == fit_size(45, 66, 33) != (45, 66)
 
@@ -346,10 +347,10 @@ def test_bad_data_stops_the_run(tmp_path, capsys):
 
 
 def test_fuse_with_checkpoint(tmp_path, ref_run):
-    from hfkernels.fusion import fuse_color
-    from hfkernels.io import read_image
+    from hfkernels.core.fusion import fuse_color
     from hfkernels.guidance import load_guidance
-    from hfkernels.synthetic import write_pairs
+    from hfkernels.io import read_image
+    from hfkernels.training.synthetic import write_pairs
 
     run = ref_run
     write_pairs(tmp_path / "pairs", 2, (40, 52), seed=11)
@@ -421,7 +422,7 @@ def _script(name):
 
 
 def test_python_scripts(tmp_path, ref_run):
-    from hfkernels.synthetic import write_pairs
+    from hfkernels.training.synthetic import write_pairs
 
     write_pairs(tmp_path / "set", 2, (40, 52), seed=3)
     table8 = _script("table8")

@@ -1,7 +1,7 @@
 // CPU kernels of the fused pyramid fusion `hfkernels_ext::fuse` and its backward (schemas in
 // csrc/registry.cpp, argument checks in csrc/ext_checks.h).
 //
-// Math (as in hfkernels/reference.py): the blend is linear in (vis, ir), so with D = ir - vis
+// Math (as in hfkernels/core/reference.py): the blend is linear in (vis, ir), so with D = ir - vis
 //   out = vis + collapse(mu_k * L_k(D))
 // needs ONE pyramid, of D. Writing G_k for the Gaussian levels of D (G_0 = D, G_{k+1} = dn G_k)
 // and U_k for the up step from level k+1 to level k (transposed conv + bilinear size fix), the

@@ -5,7 +5,7 @@
 //
 // Every 2-D step of the pyramid is separable: out[i][j] = sum_r V[i][r] sum_c H[j][c] x[r][c],
 // with one 1-D operator V along rows (height) and one H along columns (width). The operators,
-// for level sizes n_0 = n and n_{k+1} = ceil(n_k / 2) (as in hfkernels/reference.py):
+// for level sizes n_0 = n and n_{k+1} = ceil(n_k / 2) (as in hfkernels/core/reference.py):
 //   dn[k]   n_k     -> n_{k+1}  down: 5-tap Gaussian, zero padding 2, stride 2
 //   up[k]   n_{k+1} -> n_k      up: transposed conv with 2*taps (4K = (2t)(2t)^T), stride 2,
 //                               padding 2, output padding 1 (size 2 n_{k+1}), then the bilinear

@@ -29,7 +29,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "the user asked for something that cannot be done here"."""
     import torch
 
-    from ..backends import BackendUnavailableError
+    from ..core.backends import BackendUnavailableError
 
     return (CLIError, ValueError, TypeError, OSError, BackendUnavailableError, torch.OutOfMemoryError)
 

@@ -221,7 +221,7 @@ def run(args) -> int:
     pairs = E.pairs_from_files(jobs)
     pictures = None
     if args.report:
-        from ..report import ReportPictures
+        from ..evaluation.report import ReportPictures
 
         # the page's pictures are written while the pairs are scored: no fusion runs twice
         pictures = ReportPictures(args.report, pairs, fusions, args.report_limit, overwrite=args.overwrite)
@@ -259,7 +259,7 @@ def _report(args, vis: Path, ir: Path, pairs, fusions, scores, names, device, pi
     """``--report DIR``: the results page of this evaluation (see :mod:`hfkernels.report`)."""
     if not args.report:
         return
-    from ..report import ReportSet, history_of, paper_dataset, write_report
+    from ..evaluation.report import ReportSet, history_of, paper_dataset, write_report
 
     folder = vis.parent if vis.is_dir() else vis.parent.parent
     # MSRS keeps its split one level down (MSRS/test/vi): name the set "MSRS-test"
@@ -292,7 +292,7 @@ def check_eval_outputs(args, jobs, vis, ir, fused) -> None:
     if args.checkpoint:
         inputs += checkpoint_files(args.checkpoint)
     if getattr(args, "report", None):
-        from ..report import ASSETS
+        from ..evaluation.report import ASSETS
 
         outputs += [("--report", Path(args.report) / "index.html")]
         # the page's picture folder is replaced as a whole: it must not hold an input either

@@ -13,7 +13,7 @@ def register(sub):
 
 def run(args) -> int:
     from .. import __version__
-    from ..backends import backend_status, env_preference
+    from ..core.backends import backend_status, env_preference
     from ..guidance import describe_default
 
     try:
@@ -39,7 +39,7 @@ def run(args) -> int:
 
 def _print_env_preference(device: str, pref) -> None:
     """Where ``HFK_BACKEND`` is set: which calls on ``device`` fall back from it, and why."""
-    from ..backends import ENV_VAR
+    from ..core.backends import ENV_VAR
 
     if pref is None:
         return

@@ -79,8 +79,9 @@ _DIRECT = {"epochs": "epochs", "preset": "preset", "guide": "guide", "batch_size
 def config_from_args(args):
     """``(TrainConfig, resume, overwrite)`` from parsed arguments. With ``--resume`` the settings
     saved in RUN/config.json are the starting point and only options given now change them."""
-    from ..checkpoint import CONFIG_JSON, read_json
-    from ..train_config import DEFAULT_OUT, TrainConfig
+    from ..guidance.checkpoint import CONFIG_JSON
+    from ..io import read_json
+    from ..training.config import DEFAULT_OUT, TrainConfig
 
     out = args.out or DEFAULT_OUT
     cfg = TrainConfig()
@@ -122,14 +123,15 @@ def config_from_args(args):
 def _foreign(entry: Path) -> bool:
     """Whether a folder entry is none of the trainer's files (dot-files, such as the atomic
     writer's temporaries, count as the trainer's)."""
-    from ..checkpoint import CHECKPOINT_JSON, CONFIG_JSON
+    from ..guidance.checkpoint import CHECKPOINT_JSON, CONFIG_JSON
 
     own = {CHECKPOINT_JSON, CONFIG_JSON, "history.json", "baseline.json", "sheets", "report"}
     return not (entry.name in own or entry.name.startswith(".") or entry.suffix == ".safetensors")
 
 
 def _holds_run(folder: Path) -> bool:
-    from ..checkpoint import CHECKPOINT_JSON, CONFIG_JSON, FORMAT, read_json
+    from ..guidance.checkpoint import CHECKPOINT_JSON, CONFIG_JSON, FORMAT
+    from ..io import read_json
 
     if (folder / CHECKPOINT_JSON).is_file():
         return True
@@ -158,8 +160,8 @@ def check_run_folder(cfg, overwrite: bool) -> None:
 
 
 def run(args) -> int:
-    from ..data import DataError
-    from ..train import train
+    from ..io.datasets import DataError
+    from ..training.loop import train
 
     if args.device is not None:
         parse_device(args.device)

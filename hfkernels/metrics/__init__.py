@@ -2,53 +2,18 @@
 
 Every metric takes a batch of visible images ``vis``, infrared images ``ir`` and fused images
 ``fused``, each (B, 1|3, H, W) (or a single (C, H, W) image) with values in [0, 1], on any
-device, and returns a (B,) float64 tensor. A = vis, B = ir, F = fused.
-
-``protocol="paper"`` (default) reproduces the published evaluation protocol, quirks included
-(the protocol of the published tables); ``protocol="standard"`` gives the textbook definitions. The
-differences, all documented in the module that computes each metric:
-
-=======  ===================================================  =====================================
-what     paper                                                standard
-=======  ===================================================  =====================================
-gray     floor(0.2989 R + 0.5870 G + 0.1140 B) (3-channel)    0.299 R + 0.587 G + 0.114 B, no floor
-levels   truncated (a value within 1e-4 of an integer counts  rounded to the nearest level
-         as it)
-EN       all channels of F, -sum p log2(p + 1e-7)             gray F, -sum p log2 p (non-empty bins)
-Qabf     G = gF where gA == gF                                G = 1 where gA == gF
-SSIM     constants negligible (values scaled by 255 twice)    C1 = (0.01*255)^2, C2 = (0.03*255)^2
-=======  ===================================================  =====================================
-
-Use :func:`evaluate` for several metrics at once: the preparation (scaling, gray conversion,
-levels, Sobel responses) is shared between them.
-
-Degenerate inputs. Every metric has a defined value for every input it accepts (finite inputs in
-[0, 1], at least 1x1 pixels; VIF needs 41x41, SSIM 11x11, else ``ValueError``): no NaN. Where
-the published formula divides 0 by 0, the convention below applies (each is documented, with
-its reason, in the module that computes the metric):
-
-=========  =============================================  ======================================
-metric     degenerate case                                value
-=========  =============================================  ======================================
-VIF        a source without texture (e.g. constant):      that pair's term is 1 (= VIF(S, S)),
-           its information is 0/0                         the other pair's term is unchanged
-Qabf       no edge in either source (e.g. all zero):      the plain mean of Q_AF, Q_BF over the
-           the edge-strength weights sum to 0             pixels (equal weights)
-Nabf       no edge in either source                       the plain mean of AM (1 - Q_SF); 0 for
-                                                          an F without edges
-CC, SCD    a constant factor (constant A, B or F, or      that correlation is 0
-           F - B = 0 for SCD's r(F - B, A))
-SF, AG     one pixel high or wide                         the missing difference is 0 (1x1: 0)
-PSNR       MSE = 0 (F equals both sources)                +inf (the formula's limit; not NaN)
-=========  =============================================  ======================================
-
-EN, MI, SSIM, SD and MSE are finite for every accepted input as published.
+device, and returns a (B,) float64 tensor (A = vis, B = ir, F = fused). ``protocol="paper"``
+(default) reproduces the published evaluation code, quirks included; ``protocol="standard"``
+gives the textbook definitions. :func:`evaluate` computes several at once and shares their
+preparation. What differs between the protocols, and the defined value of each metric on
+degenerate inputs (no NaN for any accepted input): docs/design.md, sections 8.6 and 8.7.
 """
 from __future__ import annotations
 
 import torch
 
-from . import basic, gradient, histogram, structural, vif as _vif
+from . import basic, gradient, histogram, structural
+from . import vif as _vif
 from ._prep import PROTOCOLS, Prepared
 
 #: metric name -> function of a :class:`Prepared` batch, in the order tables list them

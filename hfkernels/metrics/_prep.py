@@ -16,8 +16,8 @@ from functools import cached_property
 
 import torch
 
-from .._validate import tensor4d
-from ..reference import LUMA
+from ..core.reference import LUMA
+from ..core.validate import tensor4d
 
 PROTOCOLS = ("paper", "standard")
 #: a value this close to an integer counts as that integer before truncation

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._filters import filter_valid_sums, matlab_gaussian
+from ..core.filters import filter_valid_sums, matlab_gaussian
 from ._prep import Prepared
 
 SSIM_WINDOW = 11

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._filters import filter_valid, filter_valid_sums, matlab_gaussian
+from ..core.filters import filter_valid, filter_valid_sums, matlab_gaussian
 from ._prep import Prepared, moment_maps
 
 EPS = 1e-10

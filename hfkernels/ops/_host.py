@@ -1,4 +1,4 @@
-"""Host-side helpers of the kernel modules: compute dtype, Triton launch tiles, filter geometry.
+"""Host-side helpers of the kernel modules: Triton launch tiles, filter geometry.
 
 Used by both Triton modules (``fuse_triton``, ``loss_triton``) and, for the filter geometry, by
 ``loss_torch``. Imports without triton: nothing here launches a kernel by itself; the op modules
@@ -6,15 +6,7 @@ pass in ``wrap_triton(kernel)``.
 """
 from __future__ import annotations
 
-import torch
-
-from ..backends import triton_interpreting
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype kernels accumulate in for inputs like ``x``: float64 for float64, else float32
-    (half-precision inputs are loaded and stored in their own dtype)."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+from ..core.backends import triton_interpreting
 
 
 def pow2(x: int) -> int:

@@ -1,7 +1,7 @@
 """C++/CUDA extension backends ("cpu", "cuda") of the fused pyramid fusion.
 
 The kernels are the C++ ops ``torch.ops.hfkernels_ext.fuse`` and ``fuse_backward`` (schemas in
-``csrc/cpu/fuse_cpu.cpp``; CPU kernels there, CUDA kernels in ``csrc/cuda/``). This module gives
+``csrc/registry.cpp``; CPU kernels in ``csrc/cpu/``, CUDA kernels in ``csrc/cuda/``). This module gives
 them an autograd formula and fake (meta) implementations through ``torch.library``, so they work
 with ``torch.autograd.gradcheck`` and ``torch.compile(fullgraph=True)``.
 
@@ -9,30 +9,18 @@ What autograd stores for the backward: only the three inputs (references, no cop
 backward kernel recomputes the small pyramid levels it needs (see the C++ comments). The
 autograd wiring, double backward included, is :mod:`hfkernels.ops._wiring`'s.
 
-When the extension is not built (``hfkernels._ext.ERROR``) or was built without these ops, this
-module imports cleanly and registers nothing.
+When the extension is not built (``hfkernels.core.ext.ERROR``), this module imports cleanly and
+registers nothing (the extension always has every op of ``csrc/registry.cpp``: the build test
+checks it).
 """
 from __future__ import annotations
 
 import torch
 
-from .. import _ext
-from ..backends import implements
+from ..core import ext as _ext
+from ..core.backends import implements
+from ._contracts import fuse_reference_vjp
 from ._wiring import wire
-from .fuse_torch import fuse_reference_vjp
-
-
-def _has_ops() -> bool:
-    if _ext.ERROR is not None:
-        return False
-    try:
-        ns = torch.ops.hfkernels_ext
-        return hasattr(ns, "fuse") and hasattr(ns, "fuse_backward")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-AVAILABLE = _has_ops()
 
 
 def fuse(vis: torch.Tensor, ir: torch.Tensor, mu: torch.Tensor, levels: int) -> torch.Tensor:
@@ -41,7 +29,7 @@ def fuse(vis: torch.Tensor, ir: torch.Tensor, mu: torch.Tensor, levels: int) -> 
     return torch.ops.hfkernels_ext.fuse(vis, ir, mu, levels)
 
 
-if AVAILABLE:
+if _ext.ERROR is None:
     wire(
         "hfkernels_ext::fuse", tensors=3, kernel=torch.ops.hfkernels_ext.fuse_backward,
         reference=fuse_reference_vjp, fake=lambda vis, ir, mu, levels: vis.new_empty(vis.shape),

@@ -3,21 +3,16 @@
 ``hfkernels::fuse_torch`` is opaque to autograd and torch.compile: its backward is another
 custom op that differentiates the reference formulation with ``torch.func.vjp``, so gradcheck
 and ``torch.compile(fullgraph=True)`` both work. Autograd saves the three inputs (references,
-no copies). The wiring (and double backward through :func:`fuse_reference_vjp`, used by every
-backend) is :mod:`hfkernels.ops._wiring`'s.
+no copies). The wiring (and double backward through :func:`hfkernels.ops._contracts.fuse_reference_vjp`) is :mod:`hfkernels.ops._wiring`'s.
 """
 from __future__ import annotations
 
 import torch
 
-from .. import reference as ref
-from ..backends import implements
-from ._wiring import differentiable_vjp, wire
-
-
-def fuse_reference_vjp(grad, vis, ir, mu, levels: int):
-    """Differentiable gradients (vis, ir, mu) of ``fuse``, for any backend's double backward."""
-    return differentiable_vjp(lambda a, b, m: ref.fuse(a, b, m, levels), grad, vis, ir, mu)
+from ..core import reference as ref
+from ..core.backends import implements
+from ._contracts import fuse_reference_vjp
+from ._wiring import wire
 
 
 @torch.library.custom_op("hfkernels::fuse_torch", mutates_args=())

@@ -8,7 +8,7 @@ because ``pyr`` and ``collapse`` are linear and ``collapse(pyr(x)) == x``. So on
 (of ``D``) is built, and never at full resolution: ``D`` is formed on the fly from ``vis`` and
 ``ir`` wherever level 0 is read.
 
-Notation (as in ``hfkernels/reference.py``): ``G_0 = D``, ``G_{k+1} = down(G_k)``,
+Notation (as in ``hfkernels/core/reference.py``): ``G_0 = D``, ``G_{k+1} = down(G_k)``,
 ``L_k = G_k - up(G_{k+1})`` (k < L), ``L_L = G_L``; ``U_k = up(., size of level k)`` (transposed
 convolution x2, then the bilinear size fix for odd sizes); ``mu_k`` = bilinear resize of ``mu`` to
 level k (align_corners=False, identity at level 0).
@@ -67,10 +67,10 @@ try:
 except Exception:  # ImportError, or a broken install: the registry reports why "triton" is absent
     triton = None
 
-from ..backends import implements
-from ._host import Tiling, compute_dtype
+from ..core.backends import implements
+from ._contracts import accumulation_dtype, fuse_reference_vjp
+from ._host import Tiling
 from ._wiring import wire
-from .fuse_torch import fuse_reference_vjp
 
 if triton is not None:
     # 1-D Gaussian taps of the pyramid kernel (sigma 1, offsets -2..2, sum 1), in float64 here;
@@ -567,7 +567,7 @@ if triton is not None:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (out (B,C,H,W) in vis.dtype, packed G_1..G_L of ir - vis, saved for backward)."""
         n, c, h, w = vis.shape
-        cdt = compute_dtype(vis)
+        cdt = accumulation_dtype(vis)
         acc64 = cdt == torch.float64
         sizes = _sizes(h, w, levels)
         irx = ir.expand(n, c, h, w)  # channel stride 0 when ir broadcasts
@@ -654,7 +654,7 @@ if triton is not None:
     # Triton kernels (under TRITON_INTERPRET=1 they would run).
     def _fake_fwd(vis, ir, mu, levels):
         n, c, h, w = vis.shape
-        return vis.new_empty(vis.shape), vis.new_empty(_numel(n, c, _sizes(h, w, levels)[1:]), dtype=compute_dtype(vis))
+        return vis.new_empty(vis.shape), vis.new_empty(_numel(n, c, _sizes(h, w, levels)[1:]), dtype=accumulation_dtype(vis))
 
     # the backward reads the inputs and the saved G_1..G_L: (grad, vis, ir, mu, gbuf, levels)
     wire(fuse_triton_fwd, tensors=3, kernel=fuse_triton_bwd, reference=fuse_reference_vjp, fake=_fake_fwd,

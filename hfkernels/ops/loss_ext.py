@@ -22,23 +22,16 @@ from __future__ import annotations
 
 import torch
 
-from .. import _ext
-from ..backends import implements
+from ..core import ext as _ext
+from ..core.backends import implements
+from ._contracts import (
+    accumulation_dtype,
+    gradient_max_reference_vjp,
+    kept_taps,
+    ssim_autograd_kept,
+    ssim_out_size,
+)
 from ._wiring import differentiable_vjp, wants_grad, wire
-from .loss_torch import gradient_max_reference_vjp, kept_taps, ssim_autograd_kept
-
-_PADDINGS = ("valid", "same")
-
-
-def _out_size(h: int, w: int, window_size: int, same: bool) -> tuple[int, int]:
-    return (h, w) if same else (h - window_size + 1, w - window_size + 1)
-
-
-def _coef_dtype(x: torch.Tensor) -> torch.dtype:
-    # Half-precision inputs keep their backward coefficients in float32 (the CUDA kernels
-    # accumulate in float32).
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
 
 if _ext.ERROR is None:
     _ops = torch.ops.hfkernels_ext
@@ -47,9 +40,9 @@ if _ext.ERROR is None:
 
     def _ssim_forward_fake(x, y, taps, lo, window_size, c1, c2, same, save_coefs):
         b, c, h, w = x.shape
-        ho, wo = _out_size(h, w, window_size, same)
+        ho, wo = ssim_out_size(h, w, window_size, "same" if same else "valid")
         shape = (b, c, 5, ho, wo) if save_coefs else (0,)
-        return x.new_empty((b,)), x.new_empty(shape, dtype=_coef_dtype(x))
+        return x.new_empty((b,)), x.new_empty(shape, dtype=accumulation_dtype(x))
 
     def _ssim_backward(grad, x, y, coefs, taps, lo, window_size, c1, c2, same, save):
         if coefs.numel() == 0 and x.numel() > 0:  # the forward did not save them: recompute
@@ -74,11 +67,8 @@ if _ext.ERROR is None:
         padding: str,
     ) -> torch.Tensor:
         """Per-image mean SSIM, shape (B,), of x, y (B,C,H,W); ``window_size <= min(H, W)``."""
-        if padding not in _PADDINGS:
-            raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
         save = wants_grad(x, y)
-        # The kernels accumulate in float64 for float64 and in float32 otherwise.
-        taps, lo = kept_taps(int(window_size), float(sigma), _coef_dtype(x))
+        taps, lo = kept_taps(int(window_size), float(sigma), accumulation_dtype(x))
         value, _ = _ops.ssim_forward(
             x, y, list(taps), lo, int(window_size), float(c1), float(c2), padding == "same", save
         )

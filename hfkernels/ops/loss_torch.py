@@ -33,16 +33,21 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 
-from .. import loss_reference as lref
-from ..backends import implements
-from ..metrics._filters import band, filter_rows
-from ..reference import gaussian_taps
+from ..core import loss_reference as lref
+from ..core.backends import implements
+from ..core.filters import band, filter_rows
+from ._contracts import (
+    HALF,
+    gradient_max_reference_vjp,
+    kept_taps,
+    ssim_from_stats,
+    ssim_out_size,
+    ssim_reference_vjp,
+)
 from ._host import geometry
-from ._wiring import differentiable_vjp, wants_grad, wire
+from ._wiring import wants_grad, wire
 
-_HALF = (torch.float16, torch.bfloat16)
 # Block lengths of the banded products: measured best on a 2-core CPU for 480x640 images.
 _BLOCK_ROWS = 64
 _BLOCK_COLS = 32
@@ -50,23 +55,6 @@ _BLOCK_COLS = 32
 
 # ----------------------------------------------------------------------------------------------
 # Taps and separable filtering
-
-
-@functools.lru_cache(maxsize=64)
-def kept_taps(window_size: int, sigma: float, dtype: torch.dtype) -> tuple[tuple[float, ...], int]:
-    """The SSIM window's taps that every backend applies: ``(taps, lo)``, the normalised Gaussian
-    taps of :func:`hfkernels.reference.gaussian_taps` from index ``lo`` on, ``len(taps) <= window_size``.
-
-    The one rule, for every backend (torch, Triton, and the C++/CUDA kernels, which receive the
-    result): the leading and trailing taps below half an ulp of the centre tap in ``dtype`` (the
-    accumulation dtype: float64 for float64 inputs, else float32) are dropped; ``t_i < t_c eps/2``
-    cannot change a sum that holds the centre term. A window of 48 at sigma 1.5 keeps 17 taps in
-    float32 and 25 in float64.
-    """
-    t = gaussian_taps(window_size, sigma)
-    keep = (t >= t[window_size // 2] * (torch.finfo(dtype).eps / 2)).nonzero().flatten()
-    lo, hi = int(keep[0]), int(keep[-1])
-    return tuple(float(v) for v in t[lo : hi + 1]), lo
 
 
 @functools.lru_cache(maxsize=64)
@@ -127,62 +115,12 @@ def filter2d_transposed(g: torch.Tensor, taps, lo: int, window_size: int, paddin
 # SSIM
 
 
-def ssim_from_stats(mu1, mu2, e11, e22, e12, c1: float, c2: float) -> torch.Tensor:
-    """Pointwise SSIM from filtered E[x], E[y], E[x^2], E[y^2], E[xy], with the clamps of
-    ``loss_reference.ssim_map`` (variances >= 0, |covariance| <= their mean)."""
-    mu11, mu22, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
-    s1 = (e11 - mu11).clamp_min(0)
-    s2 = (e22 - mu22).clamp_min(0)
-    bound = 0.5 * (s1 + s2)
-    s12 = torch.clamp(e12 - mu12, -bound, bound)
-    return ((2 * mu12 + c1) * (2.0 * s12 + c2)) / ((mu11 + mu22 + c1) * (s1 + s2 + c2))
-
-
 def _stats(x, y, window_size, sigma, padding):
     b, c, h, w = x.shape
     taps, lo = kept_taps(window_size, sigma, x.dtype)
     planes = torch.stack([x, y, x * x, y * y, x * y]).view(5 * b * c, h, w)
     st = filter2d(planes, taps, lo, window_size, padding)
     return st.view(5, b, c, st.shape[-2], st.shape[-1])
-
-
-def ssim_autograd(x, y, window_size: int, sigma: float, c1: float, c2: float, padding: str) -> torch.Tensor:
-    """The "ssim" op's contract (B,) in plain differentiable PyTorch: two 1-D ``conv2d`` passes
-    with every tap, then :func:`ssim_from_stats`. Half precision is computed in float32."""
-    taps = tuple(gaussian_taps(window_size, sigma).tolist())
-    return ssim_autograd_kept(x, y, taps, 0, window_size, c1, c2, padding)
-
-
-def ssim_autograd_kept(x, y, taps, lo: int, window_size: int, c1: float, c2: float, padding: str) -> torch.Tensor:
-    """:func:`ssim_autograd` with only the window's taps ``taps`` from index ``lo`` on (as
-    :func:`kept_taps` gives them): the exact, differentiable function of an op that receives
-    its taps, for its double backward. x, y (B,C,H,W) -> (B,)."""
-    dtype = x.dtype
-    if dtype in _HALF:
-        x, y = x.float(), y.float()
-    b, c, h, w = x.shape
-    t = torch.tensor(taps, dtype=torch.float64).to(dtype=x.dtype, device=x.device)
-    planes = torch.stack([x, y, x * x, y * y, x * y]).reshape(5 * b * c, 1, h, w)
-    if padding == "same":
-        planes = F.pad(planes, lref.same_padding(window_size))
-    # output pixel q reads window taps lo..lo+k-1, i.e. padded rows/columns q+lo .. q+lo+k-1
-    cut = window_size - lo - len(taps)
-    planes = planes[..., lo : planes.shape[-2] - cut, lo : planes.shape[-1] - cut]
-    st = F.conv2d(F.conv2d(planes, t.view(1, 1, 1, -1)), t.view(1, 1, -1, 1))
-    st = st.view(5, b, c, st.shape[-2], st.shape[-1])
-    return ssim_from_stats(*st.unbind(0), c1, c2).flatten(1).mean(1).to(dtype)
-
-
-def ssim_reference_vjp(grad, x, y, window_size, sigma, c1, c2, padding):
-    """Differentiable gradients (x, y) of the "ssim" op, for any backend's double backward."""
-    return differentiable_vjp(
-        lambda a, b: ssim_autograd(a, b, window_size, sigma, c1, c2, padding), grad, x, y
-    )
-
-
-def gradient_max_reference_vjp(grad, a, b, f):
-    """Differentiable gradients (a, b, f) of the "gradient_max" op, for double backward."""
-    return differentiable_vjp(lref.gradient_max, grad, a, b, f)
 
 
 def _ssim_formula(c1: float, c2: float):
@@ -205,7 +143,7 @@ def ssim_torch(
 
 def _ssim_fake(x, y, window_size, sigma, c1, c2, padding, save):
     b, c, h, w = x.shape
-    hh, ww = (h, w) if padding == "same" else (h - window_size + 1, w - window_size + 1)
+    hh, ww = ssim_out_size(h, w, window_size, padding)
     return x.new_empty(b), x.new_empty((5, b, c, hh, ww) if save else (0,))
 
 
@@ -233,7 +171,7 @@ def _ssim_backward(grad, x, y, coefs, window_size, sigma, c1, c2, padding, save)
 
 wire(
     ssim_torch, tensors=2, kernel=_ssim_backward, fake=_ssim_fake, backward_op=ssim_torch_backward,
-    reference=lambda grad, x, y, *args: ssim_reference_vjp(grad, x, y, *args[:5]),
+    reference=ssim_reference_vjp,
 )
 
 
@@ -241,7 +179,7 @@ wire(
 def ssim(x, y, window_size: int, sigma: float, c1: float, c2: float, padding: str) -> torch.Tensor:
     """Per-image mean SSIM (B,) of x, y (B,C,H,W); half precision is computed in float32."""
     dtype = x.dtype
-    if dtype in _HALF:
+    if dtype in HALF:
         x, y = x.float(), y.float()
     value, _ = ssim_torch(
         x.contiguous(), y.contiguous(), window_size, float(sigma), float(c1), float(c2), padding, wants_grad(x, y)
@@ -322,6 +260,6 @@ wire(
 def gradient_max(a, b, f) -> torch.Tensor:
     """0-dim gradient-max loss of a, b, f (B,C,H,W); half precision is computed in float32."""
     dtype = f.dtype
-    if dtype in _HALF:
+    if dtype in HALF:
         a, b, f = a.float(), b.float(), f.float()
     return gradient_max_torch(a.contiguous(), b.contiguous(), f.contiguous()).to(dtype)

@@ -44,10 +44,16 @@ try:
 except Exception:  # ImportError, or a broken install: the registry reports why "triton" is absent
     triton = None
 
-from ..backends import implements
-from ._host import Tiling, compute_dtype, geometry
+from ..core.backends import implements
+from ._contracts import (
+    accumulation_dtype,
+    gradient_max_reference_vjp,
+    kept_taps,
+    ssim_out_size,
+    ssim_reference_vjp,
+)
+from ._host import Tiling, geometry
 from ._wiring import wants_grad, wire
-from .loss_torch import gradient_max_reference_vjp, kept_taps, ssim_reference_vjp
 
 if triton is not None:
 
@@ -372,7 +378,7 @@ if triton is not None:
 
     def _ssim_plan(x, window_size, sigma, padding):
         """(taps tensor, k, ox, wo, oy, ho, ACC64) of an SSIM on x (B,C,H,W)."""
-        cdt = compute_dtype(x)
+        cdt = accumulation_dtype(x)
         taps, k, lo = _taps(window_size, sigma, cdt, x.device)
         h, w = x.shape[-2:]
         return (taps, k, *geometry(w, window_size, lo, padding), *geometry(h, window_size, lo, padding),
@@ -438,21 +444,20 @@ if triton is not None:
 
     def _ssim_fake(x, y, window_size, sigma, c1, c2, padding, save=False):
         b, c, h, w = x.shape
-        _, wo = geometry(w, window_size, 0, padding)
-        _, ho = geometry(h, window_size, 0, padding)
-        return x.new_empty(b), x.new_empty((5, b * c, ho, wo) if save else (0,), dtype=compute_dtype(x))
+        ho, wo = ssim_out_size(h, w, window_size, padding)
+        return x.new_empty(b), x.new_empty((5, b * c, ho, wo) if save else (0,), dtype=accumulation_dtype(x))
 
     def _ssim_backward(grad, x, y, coefs, window_size, sigma, c1, c2, padding, save):
         saved = coefs if coefs.numel() else None  # none saved: the backward recomputes them
         return ssim_triton_bwd(grad.contiguous(), x, y, window_size, sigma, c1, c2, padding, saved)
 
     wire(ssim_triton_fwd, tensors=2, kernel=_ssim_backward, fake=_ssim_fake, backward_op=ssim_triton_bwd,
-         reference=lambda grad, x, y, *args: ssim_reference_vjp(grad, x, y, *args[:5]))
+         reference=ssim_reference_vjp)
 
     @triton_op("hfkernels::gradient_max_triton", mutates_args=())
     def gmax_triton_fwd(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         n, c, h, w = f.shape
-        cdt = compute_dtype(f)
+        cdt = accumulation_dtype(f)
         grid, _, _ = _TILES.grid(n * c * h, w)
         part = torch.empty((2, grid[0] * grid[1]), dtype=cdt, device=f.device)
         _TILES.launch(wrap_triton(_gmax_fwd_kernel), n * c * h, w, a, b, f, part, n * c, h, w,
@@ -464,7 +469,7 @@ if triton is not None:
     def gmax_triton_bwd(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                         f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, c, h, w = f.shape
-        cdt = compute_dtype(f)
+        cdt = accumulation_dtype(f)
         acc64 = cdt == torch.float64
         coef = torch.empty((6, n * c, h, w), dtype=cdt, device=f.device)
         _TILES.launch(wrap_triton(_gmax_coef_kernel), n * c * h, w, a, b, f, grad, coef, n * c, h, w,

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint as ckpt
-from .evaluation import fused_and_mu, pairs_from_dataset
-from .io import write_image
+from ..evaluation import fused_and_mu, pairs_from_dataset
+from ..guidance import checkpoint as ckpt
+from ..io import read_json, write_image
 
 #: the metrics of the summary table (when the evaluation has them)
 SUMMARY_METRICS = ("EN", "MI", "VIF", "Qabf", "SSIM", "SD", "SF", "AG")
@@ -63,7 +63,7 @@ def summary(run_dir: Path, history: list[dict]) -> str:
     base = {}
     bp = run_dir / "baseline.json"
     if bp.is_file():
-        base = ckpt.read_json(bp).get("heuristic", {})
+        base = read_json(bp).get("heuristic", {})
     for set_name in (history[-1].get("eval", {}) if history else {}):
         names = list(history[-1]["eval"][set_name])
         show = [n for n in names if n in SUMMARY_METRICS] or names[:6]

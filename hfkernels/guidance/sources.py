@@ -8,7 +8,7 @@ A *guidance* is a callable ``mu_fn(vis, ir) -> mu``: vis (B, 1|3, H, W) and ir (
 - a constant ``c`` in [0, 1]: the same ``mu`` everywhere;
 - a trained network: a run folder or ``.safetensors`` weights file (:func:`load_guidance`), a
   network in memory (:func:`model_guidance`), or a guide shipped inside the package
-  (:func:`packaged_guidance`; ``hfkernels/guides/``, each with a JSON record of how it was made).
+  (:func:`packaged_guidance`; ``hfkernels/guidance/guides/``, each with a JSON record of how it was made).
 
 :func:`resolve` turns a user's choice (``--mu`` / ``--checkpoint``) into a guidance, and
 :func:`default_guidance` is what it gives when nothing is asked for.
@@ -28,8 +28,8 @@ from typing import Callable
 
 import torch
 
+from ..core.fusion import heuristic_guidance
 from .checkpoint import load_model
-from .heuristic import heuristic_guidance
 from .models import forward_pair
 
 MuFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -61,12 +61,12 @@ def constant(c: float) -> MuFn:
     return lambda vis, ir: torch.full_like(ir[:, :1], c)
 
 
-#: the packaged guide that :func:`default_guidance` uses (``hfkernels/guides/default.*``)
+#: the packaged guide that :func:`default_guidance` uses (``hfkernels/guidance/guides/default.*``)
 DEFAULT_GUIDE = "default"
 
 
 def packaged_guides() -> list[str]:
-    """Names of the trained guides installed with the package (``hfkernels/guides/NAME.safetensors``
+    """Names of the trained guides installed with the package (``hfkernels/guidance/guides/NAME.safetensors``
     with its record ``NAME.json``: recipe, data, held-out scores)."""
     return list(_installed_guides())
 
@@ -74,7 +74,7 @@ def packaged_guides() -> list[str]:
 @functools.cache
 def _installed_guides() -> tuple[str, ...]:
     # read once: default_guidance() asks on every fuse_color(vis, ir) call
-    folder = files("hfkernels") / "guides"
+    folder = files("hfkernels.guidance") / "guides"
     if not folder.is_dir():
         return ()
     return tuple(sorted(f.name[: -len(".safetensors")] for f in folder.iterdir()
@@ -85,7 +85,7 @@ def guide_card(name: str = DEFAULT_GUIDE) -> dict:
     """The record of packaged guide ``name``: ``{"model", "weights", "recipe", "data", "scores"}``."""
     if name not in packaged_guides():
         raise ValueError(f"no packaged guide {name!r}; installed: {packaged_guides() or 'none'}")
-    return json.loads((files("hfkernels") / "guides" / f"{name}.json").read_text())
+    return json.loads((files("hfkernels.guidance") / "guides" / f"{name}.json").read_text())
 
 
 def packaged_guidance(name: str = DEFAULT_GUIDE, device=None) -> MuFn:
@@ -98,7 +98,7 @@ def packaged_guidance(name: str = DEFAULT_GUIDE, device=None) -> MuFn:
 
 @functools.lru_cache(maxsize=4)
 def _load_packaged(name: str, device: str | None) -> MuFn:
-    with as_file(files("hfkernels") / "guides" / f"{name}.safetensors") as path:
+    with as_file(files("hfkernels.guidance") / "guides" / f"{name}.safetensors") as path:
         fn = load_guidance(path, device=device)
     fn.name = name
     return fn

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .models import GUIDES, PRESETS
+from ..guidance.models import GUIDE_OF_OLD_FILES, GUIDES, PRESETS
 
 DEFAULT_OUT = "runs/default"
 #: learning rate and epochs of the built-in demo (no data given); see TrainConfig.resolve
@@ -64,8 +64,7 @@ class TrainConfig:
     def from_json(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
-        # runs saved before guide kinds existed trained the paper's network
-        d.setdefault("guide", "scratch")
+        d.setdefault("guide", GUIDE_OF_OLD_FILES)
         if "synthetic_size" in d:
             d["synthetic_size"] = tuple(d["synthetic_size"])
         return cls(**d)

@@ -12,7 +12,7 @@ HAS_CUDA = False
 _C = None
 
 try:
-    from . import _C  # type: ignore[attr-defined]  # noqa: F811
+    from .. import _C  # type: ignore[attr-defined]  # noqa: F811
 
     HAS_CUDA = bool(getattr(_C, "HAS_CUDA", False))
 except Exception as e:  # ImportError, or an ABI mismatch with the installed torch

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..reference import luma
+from ...core.reference import luma
 
 #: display height of thumbnails in CSS pixels; they are stored at this height, downscaled once
 THUMB_HEIGHT = 96

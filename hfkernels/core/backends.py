@@ -29,6 +29,18 @@ import torch
 
 ENV_VAR = "HFK_BACKEND"
 
+#: Every op a backend may implement. Op names are checked against this list where they are
+#: used (:func:`implements` at import, :func:`select` at call), so a misspelt name fails loudly
+#: at once instead of surfacing as "no backend implements" on some device later.
+OPS = ("fuse", "laplacian_pyramid", "reconstruct", "ssim", "gradient_max")
+
+
+def check_op(op: str) -> str:
+    """``op`` if it is one of :data:`OPS`; ValueError naming the known ops otherwise."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; the ops are {', '.join(OPS)} (hfkernels.core.backends.OPS)")
+    return op
+
 
 class BackendUnavailableError(RuntimeError):
     """A backend was asked for by name but cannot run here (the message says why)."""
@@ -72,7 +84,12 @@ def get_backend(name: str) -> Backend:
 
 
 def implements(op: str, *backends: str):
-    """Decorator: register ``fn`` as the implementation of ``op`` for each named backend."""
+    """Decorator: register ``fn`` as the implementation of ``op`` for each named backend.
+    Raises ValueError for an op not in :data:`OPS` or a backend not registered."""
+    check_op(op)
+    for b in backends:
+        if b not in _REGISTRY:
+            raise ValueError(f"implements({op!r}): unknown backend {b!r}; registered: {', '.join(_REGISTRY)}")
 
     def deco(fn):
         for b in backends:
@@ -91,7 +108,7 @@ def _load_ops():
     if _LOADED:
         return
     _LOADED = True
-    from . import ops  # noqa: F401  (registration side effects)
+    from .. import ops  # noqa: F401  (registration side effects)
 
 
 def _device_of(device) -> torch.device:
@@ -154,6 +171,7 @@ _LOGGED: set = set()
 
 def select(op: str, device, dtype: torch.dtype, backend: str | None = None) -> tuple[str, Callable]:
     """Return ``(backend_name, implementation)`` of ``op`` for tensors on ``device`` of ``dtype``."""
+    check_op(op)
     _load_ops()
     dev = torch.device(device)
     if backend is not None:
@@ -258,7 +276,7 @@ def _triton_check(device):
 
 
 def _ext_check(device):
-    from . import _ext
+    from . import ext as _ext
 
     if _ext.ERROR is not None:
         return False, f"the C++ extension hfkernels._C is not built ({_ext.ERROR})"

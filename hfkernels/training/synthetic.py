@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..io import to_uint8, write_image
+
 
 def _noise(h: int, w: int, g: torch.Generator, octaves=(4, 8, 16, 32), decay: float = 0.6) -> torch.Tensor:
     """Multi-octave value noise (H, W), roughly zero-mean, unit-ish amplitude."""
@@ -105,12 +107,8 @@ def make_pair(height: int = 96, width: int = 128, seed: int = 0) -> tuple[torch.
     return vis.clamp(0, 1).float(), ir.clamp(0, 1)[None].float()
 
 
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return (x * 255).round().clamp(0, 255).to(torch.uint8)
-
-
 class SyntheticPairs(torch.utils.data.Dataset):
-    """``n`` generated pairs of one size, with the interface of :class:`hfkernels.data.PairDataset`:
+    """``n`` generated pairs of one size, with the interface of :class:`hfkernels.io.PairDataset`:
     ``ds[i] -> (vis uint8 (3,H,W), ir uint8 (1,H,W))``, ``ds.sizes``, ``ds.names``, ``ds.name``."""
 
     def __init__(self, n: int = 32, size: tuple[int, int] = (96, 128), seed: int = 0, name: str = "synthetic"):
@@ -127,13 +125,11 @@ class SyntheticPairs(torch.utils.data.Dataset):
         if not 0 <= i < self.n:
             raise IndexError(i)
         vis, ir = make_pair(*self.size, seed=self.seed * 1_000_003 + i)
-        return _to_uint8(vis), _to_uint8(ir)
+        return to_uint8(vis), to_uint8(ir)
 
 
 def write_pairs(folder, n: int = 8, size: tuple[int, int] = (96, 128), seed: int = 0) -> Path:
     """Write ``n`` generated pairs as PNG files ``folder/vi/NNNN.png`` and ``folder/ir/NNNN.png``."""
-    from .io import write_image
-
     folder = Path(folder)
     ds = SyntheticPairs(n, size, seed)
     for i in range(n):

@@ -16,8 +16,9 @@ import numbers
 import torch
 from torch import nn
 
-from . import _validate as V
+from ..ops._contracts import accumulation_dtype
 from . import loss_reference as lref
+from . import validate as V
 from .backends import get_backend, select
 
 _PADDINGS = ("valid", "same")
@@ -221,7 +222,7 @@ class FusionLoss(nn.Module):
                              f"got {tuple(ir.shape)}")
         if self.check_range:
             _check_signed_unit_range(vis=vis, ir=ir)
-        dt = torch.float64 if vis.dtype == torch.float64 else torch.float32
+        dt = accumulation_dtype(vis)
         with torch.autocast(vis.device.type, enabled=False):
             return self._loss(vis.to(dt), ir.to(dt), fused.to(dt), return_terms)
 

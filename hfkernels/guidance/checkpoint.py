@@ -17,59 +17,18 @@ checkpoint complete, never a mix, and ``--resume`` continues from the last compl
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .models import build_model
+from ..io import atomic_write_bytes, atomic_write_json, read_json
+from .models import GUIDE_OF_OLD_FILES, build_model
 
 CHECKPOINT_JSON = "checkpoint.json"
 CONFIG_JSON = "config.json"
 FORMAT = "hfkernels-checkpoint-1"
-
-
-def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
-    """A new, exclusively created file beside ``name``. Created with mode 0666 so the kernel
-    applies the process umask, as for any ordinary file (``tempfile.mkstemp`` would force 0600
-    and leave run folders unreadable by the group)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name for {name} in {folder}")
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
-    The new file gets the permissions of any new file (0666 less the umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temp(path.parent, path.name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -168,7 +127,7 @@ def load_checkpoint(run_dir, map_location="cpu") -> dict:
     if record.get("optimizer"):
         tensors = _read_tensors(run_dir / record["optimizer"], map_location)
         optim = optimizer_state_from(tensors, record["optimizer_meta"])
-    guide = (config or {}).get("guide") or record.get("guide") or "scratch"
+    guide = (config or {}).get("guide") or record.get("guide") or GUIDE_OF_OLD_FILES
     return {"epoch": int(record["epoch"]), "model": model_sd, "optimizer": optim,
             "extra": record.get("extra", {}), "config": config, "guide": guide}
 

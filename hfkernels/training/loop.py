@@ -1,6 +1,6 @@
 """The trainer: guidance U-Net + pyramid fusion + fusion loss, one epoch after another.
 
-One step (loss: ``hfkernels/loss_reference.py``; network: ``hfkernels/models.py``):
+One step (loss: ``hfkernels/core/loss_reference.py``; network: ``hfkernels/guidance/models.py``):
 
 1. ``x = [luma(vis), ir] * 2 - 1`` (B, 2, H, W); ``mu, logvar, logit = net(x)`` (bf16 autocast on
    CUDA, float32 on CPU);
@@ -51,17 +51,18 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
+from ..core.fusion import fuse_color, heuristic_guidance
+from ..core.losses import FusionLoss
+from ..evaluation import colour, means, pairs_from_dataset, score
+from ..guidance import checkpoint as ckpt
+from ..guidance import model_guidance
+from ..guidance.models import GuidanceUNet, count_parameters, forward_pair, kl_term
+from ..io import PairDataset, atomic_write_bytes, atomic_write_json, read_json
 from . import epoch_report
-from .data import BatchLoader, PairDataset
+from .batches import BatchLoader
+from .config import BUDGET_EPOCHS, DEFAULT_OUT, TrainConfig
 from .distributed import Distributed
-from .evaluation import colour, means, pairs_from_dataset, score
-from .fusion import fuse_color, heuristic_guidance
-from .guidance import model_guidance
-from .losses import FusionLoss
-from .models import GuidanceUNet, count_parameters, forward_pair, kl_term
 from .synthetic import SyntheticPairs
-from .train_config import BUDGET_EPOCHS, DEFAULT_OUT, TrainConfig
 
 
 def _print(*a, **k):
@@ -148,7 +149,7 @@ class Trainer:
             hist = self.run_dir / "history.json"
             if hist.is_file():
                 # records after the checkpoint belong to an epoch that did not finish its checkpoint
-                self.history = [r for r in ckpt.read_json(hist) if r["epoch"] <= self.start_epoch]
+                self.history = [r for r in read_json(hist) if r["epoch"] <= self.start_epoch]
             self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}")
         elif self.resume:
             self.log(f"--resume: no checkpoint in {self.run_dir} yet, starting from scratch")
@@ -158,7 +159,7 @@ class Trainer:
     def _write_config(self) -> None:
         if not self.dist.main:
             return
-        ckpt.atomic_write_json(self.run_dir / ckpt.CONFIG_JSON, {
+        atomic_write_json(self.run_dir / ckpt.CONFIG_JSON, {
             "format": ckpt.FORMAT,
             "model": self.model.config(),
             "parameters": count_parameters(self.model),
@@ -324,7 +325,7 @@ class Trainer:
             return self.history
         baseline_path = self.run_dir / "baseline.json"
         if self.dist.main and cfg.baseline and self.test_sets and not baseline_path.is_file():
-            ckpt.atomic_write_json(baseline_path, {"heuristic": self.evaluate(heuristic_guidance)})
+            atomic_write_json(baseline_path, {"heuristic": self.evaluate(heuristic_guidance)})
         self.dist.barrier()
         t_run = time.perf_counter()
         for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
@@ -338,7 +339,7 @@ class Trainer:
                 self.history.append(record)
                 # history first: a record newer than the checkpoint is dropped on resume, so a
                 # kill between the two writes never loses a completed epoch's record
-                ckpt.atomic_write_json(self.run_dir / "history.json", self.history)
+                atomic_write_json(self.run_dir / "history.json", self.history)
                 ckpt.save_checkpoint(self.run_dir, self.model, self.optimizer, epoch,
                                      extra={"train_loss": record["train_loss"]})
                 self.log(epoch_report.epoch_line(record))
@@ -352,10 +353,10 @@ class Trainer:
             # a debugging/test hook: every process writes the weights it ended with
             from safetensors.torch import save as st_save
 
-            ckpt.atomic_write_bytes(self.run_dir / f"rank{self.dist.rank}.safetensors",
+            atomic_write_bytes(self.run_dir / f"rank{self.dist.rank}.safetensors",
                                     st_save(ckpt.model_tensors(self.model)))
         if self.dist.main and cfg.report:
-            from .report import training_report
+            from ..evaluation.report import training_report
 
             t_rep = time.perf_counter()
             page = training_report(self, cfg.report_limit, progress=self.progress)

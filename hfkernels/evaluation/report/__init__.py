@@ -33,8 +33,15 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation import Pair, colour, fused_and_mu, pairs_from_dataset, pairs_from_files, score
-from ..heuristic import heuristic_guidance
+from ...core.fusion import heuristic_guidance
+from ..scoring import (
+    Pair,
+    colour,
+    fused_and_mu,
+    pairs_from_dataset,
+    pairs_from_files,
+    score,
+)
 from .images import crop_geometry, differ_most, save_crop, save_full_and_thumb
 from .page import Picture, SectionView, ShownPair, render
 from .paper import PAPER_ROWS, paper_dataset
@@ -276,7 +283,7 @@ def write_report(out_dir, sets: list[ReportSet], *, title: str = "hfkernels resu
             cover every pair.
         overwrite: replace an existing page (and its pictures) instead of raising ValueError.
     """
-    from ..metrics import HIGHER_IS_BETTER
+    from ...metrics import HIGHER_IS_BETTER
 
     out_dir = Path(out_dir)
     _check_limit(limit)
@@ -312,7 +319,7 @@ def write_report(out_dir, sets: list[ReportSet], *, title: str = "hfkernels resu
                 higher_is_better={m: HIGHER_IS_BETTER.get(m, True) for m in s.metrics},
                 paper=PAPER_ROWS.get(key, []) if key else [], paper_key=key, note=s.note,
                 base=f"{ASSETS}/{anchor}/"))
-        from .. import __version__
+        from ... import __version__
 
         lines = list(meta or [])
         lines.append(f"protocol {protocol!r}; written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
@@ -339,8 +346,8 @@ def training_report(trainer, limit: int | None = None, progress: bool = False) -
     ``trainer``: a :class:`hfkernels.train.Trainer` after :meth:`~hfkernels.train.Trainer.fit`.
     At most ``trainer.cfg.eval_limit`` pairs per set are scored. Returns None without test sets.
     """
-    from .. import checkpoint as ckpt
-    from ..data import PairDataset
+    from ...io import read_json
+    from ...io.datasets import PairDataset
     cfg = trainer.cfg
     if not trainer.test_sets:
         return None
@@ -367,8 +374,8 @@ def training_report(trainer, limit: int | None = None, progress: bool = False) -
     base = trainer.run_dir / "baseline.json"
     return write_report(
         trainer.run_dir / "report", sets, title=f"hfkernels training run {trainer.run_dir}",
-        history=ckpt.read_json(hist) if hist.is_file() else trainer.history,
-        baseline=ckpt.read_json(base) if base.is_file() else None, limit=limit, overwrite=True,
+        history=read_json(hist) if hist.is_file() else trainer.history,
+        baseline=read_json(base) if base.is_file() else None, limit=limit, overwrite=True,
         device=trainer.device,
         meta=[f"{cfg.preset} U-Net, {epoch} epoch(s); test pairs scored at native resolution"],
         progress=progress)

@@ -1,49 +1,13 @@
 """The guidance network: a U-Net that predicts the per-pixel fusion weight ``mu`` (and a log-variance).
 
-Architecture (the paper's guidance U-Net): 4 down / 4 up stages; each stage is a double 3x3
-convolution without bias + BatchNorm + ReLU; 2x2 max-pool down; x2 bilinear up-sampling
-(align_corners=True) zero-padded to the skip connection's size and concatenated ``[skip, up]``;
-a 1x1 convolution (with bias) to the outputs. Widths ``b, 2b, 4b, 8b, 8b`` for base width ``b``;
-the decoder halves them back to ``b``. With 2 inputs and 2 outputs:
-
-========  ==========  ============
-preset    base width  parameters
-========  ==========  ============
-paper     64          17,262,466
-small     12          608,426
-tiny      4           68,026
-========  ==========  ============
-
-(The paper's Table 10 lists 608,642 for its small model: 216 more, i.e. two more input channels
-in the first 3x3 convolution, 9 x 12 weights each.)
-
-Inputs are (B, 2, H, W): the luma of the visible image and the infrared image, both mapped to
-[-1, 1] (see :func:`guidance_input`). ``mu`` in [0, 1] selects the infrared image at 1; output
-channel 1 is a log-variance used only by the training's KL term. Output channel 0 (``z``) becomes
-``mu`` in one of two ways, the *guide kind*:
-
-- ``"scratch"`` (the paper's network): ``mu = sigmoid(z)``. A fresh network predicts ``mu`` near
-  0.5 everywhere (the plain average of the two images) and has to learn all of the guidance.
-- ``"residual"``: ``z`` is a correction ``delta`` to the logit of the heuristic guidance map ``h``
-  (:func:`hfkernels.fusion.heuristic_guidance`, computed inside the network from its own input),
-  and the 1x1 head's ``delta`` row starts at zero weights and bias, so a fresh network *is* the
-  heuristic. Exactly::
-
-      l  = logit(clamp(h, EPS, 1 - EPS))
-      mu = clamp(h + sigmoid(l + delta) - sigmoid(l), 0, 1)
-
-  which is ``sigmoid(logit(h) + delta)`` wherever ``EPS <= h <= 1 - EPS`` (up to float rounding)
-  and returns ``h`` bit for bit while ``delta == 0``: the clamp only makes the logit finite where
-  the heuristic saturates, and the ``h - sigmoid(l)`` term (at most ``EPS`` = 1e-3, under half an
-  8-bit step) puts back what the clamp took away. ``EPS`` also bounds the logit to about +-6.9,
-  so training can still move a saturated pixel (the slope ``mu (1 - mu)`` is at least ~1e-3).
-
-The KL term (:func:`kl_term`) regularises ``z`` in both kinds: for ``scratch`` it pulls ``mu``
-gently towards 0.5, for ``residual`` it pulls the guidance gently towards the heuristic.
-
-Any input size works: the input is replicate-padded up to a multiple of 16 (and at least 32, so
-that the 1/16-scale bottleneck is at least 2x2 and BatchNorm has more than one value per channel
-even for a batch of one) and the outputs are cropped back.
+:class:`GuidanceUNet` takes (B, 2, H, W) -- ``[luma(vis), luma(ir)]`` mapped to [-1, 1], see
+:func:`guidance_input` -- of any size and returns ``mu`` (B, 1, H, W) in [0, 1] (1 selects the
+infrared image), a log-variance and the raw output ``z``. Presets (:data:`PRESETS`): ``paper``
+(17.3 M parameters), ``small`` (608 K), ``tiny`` (68 K). The guide kind (:data:`GUIDES`) says
+how ``z`` becomes ``mu``: ``"scratch"`` (the paper's, ``sigmoid(z)``, starts at 0.5) or
+``"residual"`` (a correction to the logit of the heuristic map, which it equals before
+training). Architecture, the exact residual formula and the KL term (:func:`kl_term`):
+docs/design.md, sections 7.1 and 7.2.
 """
 from __future__ import annotations
 
@@ -51,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .heuristic import heuristic_guidance
-from .reference import luma
+from ..core.fusion import heuristic_guidance
+from ..core.reference import luma
 
 #: base width of each preset (the widths of the 5 encoder stages are b, 2b, 4b, 8b, 8b).
 PRESETS = {"paper": 64, "small": 12, "tiny": 4}

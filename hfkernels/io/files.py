@@ -5,7 +5,9 @@ Every error names the file (or files) at fault; nothing is dropped silently.
 """
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,15 +160,53 @@ def is_stream(path) -> bool:
     return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
+def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
+    """A new, exclusively created file beside ``name``. Created with mode 0666 so the kernel
+    applies the process umask, as for any ordinary file (``tempfile.mkstemp`` would force 0600
+    and leave run folders unreadable by the group)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name} in {folder}")
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+    The new file gets the permissions of any new file (0666 less the umask)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temp(path.parent, path.name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def write_output(path, data: bytes) -> None:
-    """Write a command's output file: atomically (see :func:`hfkernels.checkpoint.atomic_write_bytes`)
-    for a file, straight through for a stream such as ``/dev/stdout``."""
+    """Write a command's output file: atomically (:func:`atomic_write_bytes`) for a file,
+    straight through for a stream such as ``/dev/stdout``."""
     if is_stream(path):
         with open(path, "wb") as f:
             f.write(data)
         return
-    from .checkpoint import atomic_write_bytes
-
     atomic_write_bytes(path, data)
 
 

@@ -7,12 +7,11 @@ backends use.
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
-from ._validate import levels as _check_levels
-from ._validate import max_levels
+from .validate import levels as _check_levels
+from .validate import max_levels
 
 # BT.601 full-range coefficients (R, G, B weights) of Y, Cb and Cr: the one definition in the
 # package (the losses, the models' input and the fusion helpers all use these).

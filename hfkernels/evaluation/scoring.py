@@ -25,10 +25,10 @@ from typing import Callable
 
 import torch
 
-from . import guidance as G
-from .fusion import fuse, fuse_color, heuristic_blend, heuristic_guidance
-from .io import read_image, write_output
-from .metrics import evaluate
+from .. import guidance as G
+from ..core.fusion import fuse, fuse_color, heuristic_blend, heuristic_guidance
+from ..io import read_image, write_output
+from ..metrics import evaluate
 
 
 @dataclass

@@ -1,0 +1,33 @@
+"""Evaluation: the scoring loop over image pairs (:mod:`.scoring`: fusions by name, the
+baseline rows, tables, JSON) and the results page (:mod:`.report`).
+
+Layer: imports :mod:`hfkernels.core`, :mod:`hfkernels.metrics`, :mod:`hfkernels.io` and
+:mod:`hfkernels.guidance`; never training or the command line.
+"""
+from .scoring import (
+    BASELINES,
+    LABELS,
+    METHODS,
+    EvaluationError,
+    Fusion,
+    Pair,
+    colour,
+    dump_json,
+    format_table,
+    fused_and_mu,
+    guided,
+    json_safe,
+    label,
+    laplacian,
+    means,
+    method,
+    pairs_from_dataset,
+    pairs_from_files,
+    score,
+)
+
+__all__ = [
+    "BASELINES", "LABELS", "METHODS", "EvaluationError", "Fusion", "Pair", "colour", "dump_json",
+    "format_table", "fused_and_mu", "guided", "json_safe", "label", "laplacian", "means", "method",
+    "pairs_from_dataset", "pairs_from_files", "score",
+]
