@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 HERE = Path(__file__).resolve().parent
 GUIDES = HERE.parent / "hfkernels" / "guidance" / "guides"
 
@@ -57,7 +55,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))
     import trained_guidance as tg
 
-    from hfkernels.evaluation import colour
+    from hfkernels.evaluation import colour_fusion
     from hfkernels.guidance import load_guidance
     from hfkernels.io import atomic_write_bytes, atomic_write_json
 
@@ -107,7 +105,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         mu_fn = load_guidance(weights)
         names = st["metrics"].split(",")
-        card["scores"]["shipped (float16 weights)"] = tests.score(colour(mu_fn), names, "cpu")
+        card["scores"]["shipped (float16 weights)"] = tests.score(colour_fusion(mu_fn), names, "cpu")
         print(f"scored the stored weights in {time.perf_counter() - t0:.0f} s")
     atomic_write_json(card_path, card)
     print(f"wrote {weights} ({len(blob) / 1e6:.2f} MB) and {card_path}")

@@ -183,7 +183,7 @@ def snapshot(run_dir: Path, dest: Path) -> None:
 
 
 def run(args) -> int:
-    from hfkernels.evaluation import colour, method
+    from hfkernels.evaluation import colour_fusion, method
     from hfkernels.guidance import (
         HEURISTIC,
         constant,
@@ -212,7 +212,7 @@ def run(args) -> int:
     print(f"test sets: {', '.join(f'{label} ({len(p)})' for label, _, p in tests.sets)} "
           f"decoded in {time.perf_counter() - t0:.1f} s", flush=True)
 
-    baselines = {"heuristic guidance": colour(resolve(HEURISTIC)), "mu = 0.5": colour(constant(0.5)),
+    baselines = {"heuristic guidance": colour_fusion(resolve(HEURISTIC)), "mu = 0.5": colour_fusion(constant(0.5)),
                  "visible as fused": method("vis")}
     for label, fusion in baselines.items():
         if label not in results["baselines"]:
@@ -238,7 +238,7 @@ def run(args) -> int:
                     snapshot(run_dir, out / "snapshots" / f"{preset}-{guide}-{budget:g}s.safetensors")
                     mu_fn = load_guidance(run_dir, device=args.device)
                 t2 = time.perf_counter()
-                scores = tests.score(colour(mu_fn), names, args.device)
+                scores = tests.score(colour_fusion(mu_fn), names, args.device)
                 results["cells"][key] = {"preset": preset, "guide": guide, "budget": budget, **info,
                                          "eval_seconds": time.perf_counter() - t2,
                                          "wall_seconds": time.perf_counter() - t1, "scores": scores}

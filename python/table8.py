@@ -39,7 +39,7 @@ def methods(checkpoint=None, device="cpu", backend=None):
     """name -> f(vis (1,3,H,W), ir (1,1,H,W)) -> fused, all in [0, 1]."""
     out = {name: E.method(spec, backend=backend) for name, spec in ROWS}
     if checkpoint:
-        out["trained"] = E.colour(load_guidance(checkpoint, device=device), backend=backend)
+        out["trained"] = E.colour_fusion(load_guidance(checkpoint, device=device), backend=backend)
     return out
 
 

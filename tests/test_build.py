@@ -69,11 +69,11 @@ def test_installed_package_ships_the_default_guide():
     """The trained guide and its record are package data: an installed wheel fuses with it."""
     from hfkernels import guidance as G
 
-    assert G.packaged_guides() == [G.DEFAULT_GUIDE]
+    assert G.packaged_guides() == [G.SHIPPED_GUIDE]
     card = G.guide_card()
     vis, ir = torch.rand(1, 3, 20, 28), torch.rand(1, 1, 20, 28)
     mu = G.default_guidance()(vis, ir)
-    assert getattr(G.default_guidance(), "name", None) == G.DEFAULT_GUIDE
+    assert getattr(G.default_guidance(), "name", None) == G.SHIPPED_GUIDE
     assert mu.shape == (1, 1, 20, 28) and card["model"]["guide"] == "residual"
 
 

@@ -57,7 +57,7 @@ def test_record_backs_the_default():
 def test_default_guidance_is_the_packaged_network():
     vis, ir = _images()
     fn = G.default_guidance()
-    assert fn is G.packaged_guidance() and fn.name == G.DEFAULT_GUIDE and fn.guide == "residual"
+    assert fn is G.packaged_guidance() and fn.name == G.SHIPPED_GUIDE and fn.guide == "residual"
     mu = fn(vis, ir)
     assert mu.shape == (1, 1, 29, 37) and mu.dtype == torch.float32
     assert 0 <= mu.min() and mu.max() <= 1

@@ -29,7 +29,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .. import evaluation as E
+from .. import evaluation
 from ..evaluation import BASELINES, dump_json, format_table, means
 from . import CLIError, parse_device
 
@@ -130,7 +130,7 @@ def fusions_of(args, device) -> tuple[dict, dict]:
     """Every fusion the arguments ask for: ``({label: fusion or None (the --fused files)},
     {label: source description})``, in the order --fused, --checkpoint, --method, --baselines
     (a baseline already asked for by --method is not repeated)."""
-    from .. import guidance as G
+    from .. import guidance
 
     levels, backend = args.levels, args.backend
     fusions, sources = {}, {}
@@ -139,19 +139,19 @@ def fusions_of(args, device) -> tuple[dict, dict]:
         fusions[label], sources[label] = None, str(args.fused)
     if args.checkpoint:
         label = f"checkpoint {Path(args.checkpoint).name}"
-        fusions[label] = E.colour(G.resolve(checkpoint=args.checkpoint, device=device), levels, backend)
+        fusions[label] = evaluation.colour_fusion(guidance.resolve(checkpoint=args.checkpoint, device=device), levels, backend)
         sources[label] = f"checkpoint {args.checkpoint}"
     for spec in (args.method.split(",") if args.method else []):
         spec = spec.strip()
         try:
-            fusion = E.method(spec, levels, backend, name="--method")
+            fusion = evaluation.method(spec, levels, backend, name="--method")
         except ValueError as e:
             raise CLIError(str(e)) from None
-        fusions[E.label(spec)], sources[E.label(spec)] = fusion, f"method {spec}"
+        fusions[evaluation.label(spec)], sources[evaluation.label(spec)] = fusion, f"method {spec}"
     if args.baselines:
         for label, spec in BASELINES:
             if label not in fusions:
-                fusions[label], sources[label] = E.method(spec, levels, backend), f"method {spec}"
+                fusions[label], sources[label] = evaluation.method(spec, levels, backend), f"method {spec}"
     if not fusions:
         # a usage error, as argparse reports its own (status 2, before any work)
         import sys
@@ -170,8 +170,8 @@ def score_jobs(pairs, fusions: dict, names, protocol: str, device, desc: str = "
     """:func:`hfkernels.evaluation.score` of the pairs (with a progress bar; ``keep`` as there);
     pairs that cannot be evaluated become one CLIError listing each of them."""
     try:
-        return E.score(pairs, fusions, names, protocol, device, keep=keep, progress=True, desc=desc)
-    except E.EvaluationError as e:
+        return evaluation.score(pairs, fusions, names, protocol, device, keep=keep, progress=True, desc=desc)
+    except evaluation.EvaluationError as e:
         raise CLIError(
             f"{len(e.problems)} of {e.total} pair(s) could not be evaluated (no results written):\n  "
             + "\n  ".join(e.problems)
@@ -218,7 +218,7 @@ def run(args) -> int:
     jobs = collect_jobs(vis, ir, fused)
     check_eval_outputs(args, jobs, vis, ir, fused)
     fusions, sources = fusions_of(args, device)
-    pairs = E.pairs_from_files(jobs)
+    pairs = evaluation.pairs_from_files(jobs)
     pictures = None
     if args.report:
         from ..evaluation.report import ReportPictures

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .. import guidance as G
+from .. import guidance
 from . import CLIError, parse_device
 
 
@@ -37,10 +37,10 @@ def register(sub):
 def guidance_of(args, device):
     """The guidance ``mu_fn(vis, ir) -> mu`` that ``--mu`` / ``--checkpoint`` ask for."""
     try:
-        mu = None if args.mu is None else G.parse(args.mu, "--mu")
+        mu = None if args.mu is None else guidance.parse(args.mu, "--mu")
     except ValueError as e:
         raise CLIError(str(e)) from None
-    return G.resolve(mu, getattr(args, "checkpoint", None), device)
+    return guidance.resolve(mu, getattr(args, "checkpoint", None), device)
 
 
 def fuse_pair(vis_path, ir_path, fusion, device):
@@ -111,12 +111,12 @@ def plan(args) -> list[tuple[Path, Path, Path]]:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..evaluation import colour
+    from ..evaluation import colour_fusion
     from ..io import write_image
 
     device = parse_device(args.device)
     jobs = plan(args)
-    fusion = colour(guidance_of(args, device), args.levels, args.backend)
+    fusion = colour_fusion(guidance_of(args, device), args.levels, args.backend)
     for a, b, dst in tqdm(jobs, desc="fuse", unit="pair", disable=len(jobs) < 2):
         fused, mu = fuse_pair(a, b, fusion, device)
         write_image(dst, fused)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import reference as ref
-from . import validate as V
+from . import validate
 from .backends import select
 from .validate import max_levels
 
@@ -37,7 +37,7 @@ def fuse(vis, ir, mu, levels: int = 4, *, backend: str | None = None, check: boo
         >>> fuse(vis, ir, torch.full((2, 1, 31, 40), 0.25)).shape
         torch.Size([2, 3, 31, 40])
     """
-    V.fusion_inputs(vis, ir, mu, levels, check)
+    validate.fusion_inputs(vis, ir, mu, levels, check)
     _, impl = select("fuse", vis.device, vis.dtype, backend)
     return impl(vis, ir, mu, min(levels, max_levels(*vis.shape[-2:])))
 
@@ -58,8 +58,8 @@ def laplacian_pyramid(x, levels: int = 4, *, backend: str | None = None) -> list
         >>> [tuple(t.shape[-2:]) for t in laplacian_pyramid(torch.rand(1, 1, 5, 8), levels=2)]
         [(5, 8), (3, 4), (2, 2)]
     """
-    V.tensor4d(x, "x")
-    V.levels_for_size(levels, *x.shape[-2:])
+    validate.tensor4d(x, "x")
+    validate.levels_for_size(levels, *x.shape[-2:])
     _, impl = select("laplacian_pyramid", x.device, x.dtype, backend)
     return impl(x, levels)
 
@@ -77,8 +77,8 @@ def reconstruct(pyr, *, backend: str | None = None) -> torch.Tensor:
     if isinstance(pyr, torch.Tensor) or not hasattr(pyr, "__len__") or len(pyr) < 2:
         raise TypeError("pyr must be a list of at least 2 tensors, as laplacian_pyramid returns")
     for i, t in enumerate(pyr):
-        V.tensor4d(t, f"pyr[{i}]")
-    V.same_device_dtype(pyr[0], "pyr[0]", **{f"pyr[{i}]": t for i, t in enumerate(pyr[1:], 1)})
+        validate.tensor4d(t, f"pyr[{i}]")
+    validate.same_device_dtype(pyr[0], "pyr[0]", **{f"pyr[{i}]": t for i, t in enumerate(pyr[1:], 1)})
     for i in range(1, len(pyr)):
         h, w = pyr[i - 1].shape[-2:]
         want = ((h + 1) // 2, (w + 1) // 2)
@@ -111,8 +111,8 @@ def fuse_color(vis_rgb, ir, mu=None, levels: int = 4, *, backend: str | None = N
         >>> fuse_color(torch.rand(1, 3, 16, 16), torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)).shape
         torch.Size([1, 3, 16, 16])
     """
-    V.tensor4d(vis_rgb, "vis_rgb")
-    V.tensor4d(ir, "ir")
+    validate.tensor4d(vis_rgb, "vis_rgb")
+    validate.tensor4d(ir, "ir")
     if vis_rgb.shape[1] not in (1, 3):
         raise ValueError(f"vis_rgb must have 1 or 3 channels, got {vis_rgb.shape[1]}")
     if ir.shape[1] not in (1, 3):
@@ -121,7 +121,7 @@ def fuse_color(vis_rgb, ir, mu=None, levels: int = 4, *, backend: str | None = N
         # imported here so that `import hfkernels` does not load the network code (lazy exports)
         from ..guidance import default_guidance
 
-        V.same_device_dtype(vis_rgb, "vis_rgb", ir=ir)
+        validate.same_device_dtype(vis_rgb, "vis_rgb", ir=ir)
         mu = default_guidance()(vis_rgb, ir).to(vis_rgb.dtype)
     ir_y = ref.luma(ir)
     if vis_rgb.shape[1] == 1:
@@ -132,9 +132,9 @@ def fuse_color(vis_rgb, ir, mu=None, levels: int = 4, *, backend: str | None = N
 
 
 def _heuristic_inputs(vis, ir, value_range) -> tuple[float, float]:
-    V.tensor4d(vis, "vis")
-    V.tensor4d(ir, "ir")
-    V.same_device_dtype(vis, "vis", ir=ir)
+    validate.tensor4d(vis, "vis")
+    validate.tensor4d(ir, "ir")
+    validate.same_device_dtype(vis, "vis", ir=ir)
     for name, t in (("vis", vis), ("ir", ir)):
         if t.shape[1] not in (1, 3):
             raise ValueError(f"{name} must have 1 or 3 channels, got {t.shape[1]} (shape {tuple(t.shape)})")
@@ -143,7 +143,7 @@ def _heuristic_inputs(vis, ir, value_range) -> tuple[float, float]:
             f"ir has shape {tuple(ir.shape)}, incompatible with vis {tuple(vis.shape)}: "
             "batch size, height and width must agree"
         )
-    return V.value_range(value_range)
+    return validate.value_range(value_range)
 
 
 def heuristic_guidance(vis, ir, value_range=(0.0, 1.0)) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..ops._contracts import accumulation_dtype
 from . import loss_reference as lref
-from . import validate as V
+from . import validate
 from .backends import get_backend, select
 
 _PADDINGS = ("valid", "same")
@@ -45,15 +45,15 @@ def _positive(v, name: str, allow_none: bool = False):
 
 
 def _same_shape(ref: torch.Tensor, ref_name: str, **others: torch.Tensor) -> None:
-    V.same_device_dtype(ref, ref_name, **others)
+    validate.same_device_dtype(ref, ref_name, **others)
     for name, t in others.items():
         if t.shape != ref.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)} but {ref_name} has {tuple(ref.shape)}")
 
 
 def _ssim_args(x, y, window_size, sigma, data_range, padding):
-    V.tensor4d(x, "x")
-    V.tensor4d(y, "y")
+    validate.tensor4d(x, "x")
+    validate.tensor4d(y, "y")
     _same_shape(x, "x", y=y)
     window_size = _int_arg(window_size, "window_size", 1)
     sigma = _positive(sigma, "sigma")
@@ -128,9 +128,9 @@ def gradient_max_loss(a, b, f, *, backend: str | None = None) -> torch.Tensor:
         >>> float(gradient_max_loss(a, a, a))
         0.0
     """
-    V.tensor4d(a, "a")
-    V.tensor4d(b, "b")
-    V.tensor4d(f, "f")
+    validate.tensor4d(a, "a")
+    validate.tensor4d(b, "b")
+    validate.tensor4d(f, "f")
     _same_shape(f, "f", a=a, b=b)
     _, impl = select("gradient_max", f.device, f.dtype, backend)
     return impl(a, b, f)
@@ -210,13 +210,13 @@ class FusionLoss(nn.Module):
         return f"{w}, window_size={self.window_size}, backend={self.backend!r}, check_range={self.check_range}"
 
     def forward(self, vis, ir, fused, return_terms: bool = False):
-        V.tensor4d(vis, "vis")
-        V.tensor4d(ir, "ir")
-        V.tensor4d(fused, "fused")
+        validate.tensor4d(vis, "vis")
+        validate.tensor4d(ir, "ir")
+        validate.tensor4d(fused, "fused")
         if vis.shape[1] != 3:
             raise ValueError(f"vis must have 3 channels (RGB), got shape {tuple(vis.shape)}")
         _same_shape(vis, "vis", fused=fused)
-        V.same_device_dtype(vis, "vis", ir=ir)
+        validate.same_device_dtype(vis, "vis", ir=ir)
         if ir.shape[1] not in (1, 3) or ir.shape[0] != vis.shape[0] or ir.shape[-2:] != vis.shape[-2:]:
             raise ValueError(f"ir must have shape (B, 1 or 3, H, W) matching vis {tuple(vis.shape)}, "
                              f"got {tuple(ir.shape)}")

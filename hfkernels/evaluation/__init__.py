@@ -11,14 +11,14 @@ from .scoring import (
     EvaluationError,
     Fusion,
     Pair,
-    colour,
+    colour_fusion,
     dump_json,
     format_table,
     fused_and_mu,
-    guided,
+    guided_fusion,
     json_safe,
     label,
-    laplacian,
+    laplacian_fusion,
     means,
     method,
     pairs_from_dataset,
@@ -27,7 +27,7 @@ from .scoring import (
 )
 
 __all__ = [
-    "BASELINES", "LABELS", "METHODS", "EvaluationError", "Fusion", "Pair", "colour", "dump_json",
-    "format_table", "fused_and_mu", "guided", "json_safe", "label", "laplacian", "means", "method",
+    "BASELINES", "LABELS", "METHODS", "EvaluationError", "Fusion", "Pair", "colour_fusion", "dump_json",
+    "format_table", "fused_and_mu", "guided_fusion", "json_safe", "label", "laplacian_fusion", "means", "method",
     "pairs_from_dataset", "pairs_from_files", "score",
 ]

@@ -4,7 +4,7 @@ per-epoch evaluation, the results page and the scripts, and the paper's baseline
 - a :class:`Pair` is a named pair whose ``load()`` gives its tensors (:func:`pairs_from_files`,
   :func:`pairs_from_dataset`);
 - a *fusion* is ``f(vis, ir) -> fused``, or None for a pair's own fused file. A guided fusion
-  (:func:`guided`, :func:`colour`, :func:`laplacian`) also carries ``guidance(vis, ir) -> mu`` and
+  (:func:`guided_fusion`, :func:`colour_fusion`, :func:`laplacian_fusion`) also carries ``guidance(vis, ir) -> mu`` and
   ``blend(vis, ir, mu) -> fused``, so its ``mu`` is computed once and can be shown;
   :func:`method` makes the named ones, :data:`BASELINES` lists the paper's baseline rows;
 - :func:`score` evaluates every pair under every fusion and can hand the fused images and
@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .. import guidance as G
+from .. import guidance
 from ..core.fusion import fuse, fuse_color, heuristic_blend, heuristic_guidance
 from ..io import read_image, write_output
 from ..metrics import evaluate
@@ -89,7 +89,7 @@ def pairs_from_dataset(ds, limit: int | None = None, cache: bool = False) -> lis
 Fusion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def guided(mu_fn: G.MuFn, blend: Callable) -> Fusion:
+def guided_fusion(mu_fn: guidance.MuFn, blend: Callable) -> Fusion:
     """The fusion ``blend(vis, ir, clamp(mu_fn(vis, ir), 0, 1))``, carrying ``guidance`` (the
     clamped ``mu_fn``) and ``blend``."""
 
@@ -101,16 +101,16 @@ def guided(mu_fn: G.MuFn, blend: Callable) -> Fusion:
     return fusion
 
 
-def colour(mu_fn: G.MuFn, levels: int = 4, backend: str | None = None) -> Fusion:
+def colour_fusion(mu_fn: guidance.MuFn, levels: int = 4, backend: str | None = None) -> Fusion:
     """The colour path of ``hfkernels fuse``: :func:`hfkernels.fuse_color` (fuse the luma, keep
     the visible chroma) with the guidance ``mu_fn``; (1, 3, H, W) in [0, 1]."""
-    return guided(mu_fn, lambda vis, ir, mu: fuse_color(vis, ir, mu, levels, backend=backend))
+    return guided_fusion(mu_fn, lambda vis, ir, mu: fuse_color(vis, ir, mu, levels, backend=backend))
 
 
-def laplacian(mu_fn: G.MuFn, levels: int = 4, backend: str | None = None) -> Fusion:
+def laplacian_fusion(mu_fn: guidance.MuFn, levels: int = 4, backend: str | None = None) -> Fusion:
     """The paper's Laplacian baseline: :func:`hfkernels.fuse` on all three RGB channels with the
     guidance ``mu_fn``, clamped to [0, 1]."""
-    return guided(mu_fn, lambda vis, ir, mu: fuse(vis, ir, mu, levels, backend=backend).clamp(0, 1))
+    return guided_fusion(mu_fn, lambda vis, ir, mu: fuse(vis, ir, mu, levels, backend=backend).clamp(0, 1))
 
 
 def _blend(vis, ir):
@@ -144,11 +144,11 @@ def method(spec: str, levels: int = 4, backend: str | None = None, name: str = "
     """The fusion named ``spec``:
 
     - ``"vis"`` / ``"ir"``: the visible / infrared image itself as the fused image;
-    - ``"laplacian"``: :func:`laplacian` with the heuristic guidance; ``"laplacian:c"`` with
+    - ``"laplacian"``: :func:`laplacian_fusion` with the heuristic guidance; ``"laplacian:c"`` with
       ``mu = c``;
     - ``"blend"``: the paper's heuristic per-pixel blend ``(1 - w) vis + w ir``, clamped;
-    - ``"heuristic"`` or a constant ``c`` in [0, 1]: :func:`colour` with that guidance;
-    - ``"guide"``: :func:`colour` with :func:`hfkernels.guidance.default_guidance` (the trained
+    - ``"heuristic"`` or a constant ``c`` in [0, 1]: :func:`colour_fusion` with that guidance;
+    - ``"guide"``: :func:`colour_fusion` with :func:`hfkernels.guidance.default_guidance` (the trained
       guide shipped with the package, or the heuristic where none is installed).
 
     Raises ValueError for anything else, TypeError for a non-string (messages call it ``name``).
@@ -162,16 +162,16 @@ def method(spec: str, levels: int = 4, backend: str | None = None, name: str = "
     if spec == "blend":
         return _blend
     if spec == "guide":
-        return colour(G.default_guidance(), levels, backend)
+        return colour_fusion(guidance.default_guidance(), levels, backend)
     if spec == "laplacian" or spec.startswith("laplacian:"):
-        return laplacian(G.resolve(G.parse(spec.partition(":")[2] or G.HEURISTIC, name)), levels, backend)
-    if spec != G.HEURISTIC:
+        return laplacian_fusion(guidance.resolve(guidance.parse(spec.partition(":")[2] or guidance.HEURISTIC, name)), levels, backend)
+    if spec != guidance.HEURISTIC:
         try:
             float(spec)
         except (TypeError, ValueError):
             raise ValueError(f"{name} must be one of {', '.join(METHODS)}, laplacian:c or a constant c "
                              f"in [0, 1], got {spec!r}") from None
-    return colour(G.resolve(G.parse(spec, name)), levels, backend)
+    return colour_fusion(guidance.resolve(guidance.parse(spec, name)), levels, backend)
 
 
 def fused_and_mu(fusion, vis, ir, own=None, want_mu: bool = True):
@@ -292,6 +292,6 @@ def dump_json(path, obj) -> None:
     write_output(path, (text + "\n").encode())
 
 
-__all__ = ["Pair", "pairs_from_files", "pairs_from_dataset", "Fusion", "guided", "colour", "laplacian", "method",
+__all__ = ["Pair", "pairs_from_files", "pairs_from_dataset", "Fusion", "guided_fusion", "colour_fusion", "laplacian_fusion", "method",
            "METHODS", "LABELS", "label", "BASELINES", "fused_and_mu", "EvaluationError", "score", "means",
            "format_table", "json_safe", "dump_json"]

@@ -5,8 +5,8 @@ in the package (``guides/``). :mod:`.sources` holds the choosing and loading.
 Layer: imports :mod:`hfkernels.core` and :mod:`hfkernels.io` only.
 """
 from .sources import (
-    DEFAULT_GUIDE,
     HEURISTIC,
+    SHIPPED_GUIDE,
     MuFn,
     constant,
     default_guidance,
@@ -21,7 +21,7 @@ from .sources import (
 )
 
 __all__ = [
-    "DEFAULT_GUIDE", "HEURISTIC", "MuFn", "constant", "default_guidance", "describe_default",
+    "SHIPPED_GUIDE", "HEURISTIC", "MuFn", "constant", "default_guidance", "describe_default",
     "guide_card", "load_guidance", "model_guidance", "packaged_guidance", "packaged_guides",
     "parse", "resolve",
 ]

@@ -62,7 +62,7 @@ def constant(c: float) -> MuFn:
 
 
 #: the packaged guide that :func:`default_guidance` uses (``hfkernels/guidance/guides/default.*``)
-DEFAULT_GUIDE = "default"
+SHIPPED_GUIDE = "default"
 
 
 def packaged_guides() -> list[str]:
@@ -81,14 +81,14 @@ def _installed_guides() -> tuple[str, ...]:
                         if f.name.endswith(".safetensors") and (folder / (f.name[: -len(".safetensors")] + ".json")).is_file()))
 
 
-def guide_card(name: str = DEFAULT_GUIDE) -> dict:
+def guide_card(name: str = SHIPPED_GUIDE) -> dict:
     """The record of packaged guide ``name``: ``{"model", "weights", "recipe", "data", "scores"}``."""
     if name not in packaged_guides():
         raise ValueError(f"no packaged guide {name!r}; installed: {packaged_guides() or 'none'}")
     return json.loads((files("hfkernels.guidance") / "guides" / f"{name}.json").read_text())
 
 
-def packaged_guidance(name: str = DEFAULT_GUIDE, device=None) -> MuFn:
+def packaged_guidance(name: str = SHIPPED_GUIDE, device=None) -> MuFn:
     """The packaged trained guide ``name`` as ``mu_fn(vis, ir) -> mu`` (see :func:`load_guidance`);
     loaded once per (name, device). Weights are stored in float16 and run in float32."""
     if name not in packaged_guides():
@@ -105,21 +105,21 @@ def _load_packaged(name: str, device: str | None) -> MuFn:
 
 
 def default_guidance(device=None) -> MuFn:
-    """The guidance used when none is asked for: the packaged trained guide (``DEFAULT_GUIDE``)
+    """The guidance used when none is asked for: the packaged trained guide (``SHIPPED_GUIDE``)
     when it is installed, else the heuristic map. ``device`` is where the network runs (default:
     the inputs' device). ``describe_default()`` says which one it is."""
-    if DEFAULT_GUIDE in packaged_guides():
-        return packaged_guidance(DEFAULT_GUIDE, device)
+    if SHIPPED_GUIDE in packaged_guides():
+        return packaged_guidance(SHIPPED_GUIDE, device)
     return heuristic_guidance
 
 
 def describe_default() -> str:
     """One line naming the default guidance (for ``hfkernels info`` and the CLI)."""
-    if DEFAULT_GUIDE not in packaged_guides():
+    if SHIPPED_GUIDE not in packaged_guides():
         return "heuristic map (no trained guide is installed)"
-    card = guide_card(DEFAULT_GUIDE)
+    card = guide_card(SHIPPED_GUIDE)
     m, r = card["model"], card["recipe"]
-    return (f"packaged trained guide '{DEFAULT_GUIDE}' ({m.get('preset')} {m.get('guide')} U-Net, "
+    return (f"packaged trained guide '{SHIPPED_GUIDE}' ({m.get('preset')} {m.get('guide')} U-Net, "
             f"{r['images']} training images in {r['train_seconds']:.0f} s on CPU); "
             "--mu heuristic for the hand-made map")
 
@@ -189,6 +189,6 @@ def model_guidance(model: torch.nn.Module) -> MuFn:
     return mu_fn
 
 
-__all__ = ["MuFn", "HEURISTIC", "DEFAULT_GUIDE", "parse", "constant", "packaged_guides", "guide_card",
+__all__ = ["MuFn", "HEURISTIC", "SHIPPED_GUIDE", "parse", "constant", "packaged_guides", "guide_card",
            "packaged_guidance", "default_guidance", "describe_default", "resolve", "load_guidance",
            "model_guidance"]

@@ -102,7 +102,7 @@ def gray(x255: torch.Tensor, protocol: str) -> torch.Tensor:
     return c[0] * r + c[1] * g + c[2] * b
 
 
-def levels(x255: torch.Tensor, protocol: str) -> torch.Tensor:
+def quantised(x255: torch.Tensor, protocol: str) -> torch.Tensor:
     """Integer levels 0..255 (int64) for histograms: truncated (paper) or rounded (standard)."""
     q = truncate(x255) if protocol == "paper" else torch.round(x255)
     return q.clamp(0, 255).to(torch.int64)
@@ -135,7 +135,7 @@ class Prepared:
     def gray_levels(self) -> torch.Tensor:
         """(3, B, H*W) int64 levels of gray A, gray B, gray F."""
         g = torch.stack([self.ga, self.gb, self.gf]).flatten(2)
-        return levels(g, self.protocol)
+        return quantised(g, self.protocol)
 
     @cached_property
     def gray64(self) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._prep import Prepared, levels
+from ._prep import Prepared, quantised
 
 BINS = 256
 
@@ -42,7 +42,7 @@ def entropy(counts: torch.Tensor, dims, eps: float | None = None) -> torch.Tenso
 
 def en_prepared(x: Prepared) -> torch.Tensor:
     if x.protocol == "paper":
-        lv = levels(x.f.flatten(1), "paper")
+        lv = quantised(x.f.flatten(1), "paper")
         return entropy(histogram(lv), dims=-1, eps=1e-7)
     return entropy(histogram(x.gray_levels[2]), dims=-1)
 

@@ -102,6 +102,13 @@ def gradient_max_reference_vjp(grad, a, b, f):
     return differentiable_vjp(lref.gradient_max, grad, a, b, f)
 
 
+def saved_or_recomputed(coefs: torch.Tensor, x: torch.Tensor, recompute) -> torch.Tensor:
+    """SSIM's derivative maps for its backward: those the forward saved, or, when it saved none
+    (no input required grad then, e.g. a graph built under ``no_grad`` and re-entered),
+    ``recompute()``. The Triton backend recomputes inside its backward kernel instead."""
+    return coefs if coefs.numel() or x.numel() == 0 else recompute()
+
+
 def fuse_reference_vjp(grad, vis, ir, mu, levels: int):
     """Differentiable gradients (vis, ir, mu) of ``fuse``, for any backend's double backward."""
     return differentiable_vjp(lambda a, b, m: ref.fuse(a, b, m, levels), grad, vis, ir, mu)

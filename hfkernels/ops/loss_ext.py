@@ -28,6 +28,7 @@ from ._contracts import (
     accumulation_dtype,
     gradient_max_reference_vjp,
     kept_taps,
+    saved_or_recomputed,
     ssim_autograd_kept,
     ssim_out_size,
 )
@@ -45,8 +46,8 @@ if _ext.ERROR is None:
         return x.new_empty((b,)), x.new_empty(shape, dtype=accumulation_dtype(x))
 
     def _ssim_backward(grad, x, y, coefs, taps, lo, window_size, c1, c2, same, save):
-        if coefs.numel() == 0 and x.numel() > 0:  # the forward did not save them: recompute
-            _, coefs = _ops.ssim_forward(x, y, taps, lo, window_size, c1, c2, same, True)
+        coefs = saved_or_recomputed(
+            coefs, x, lambda: _ops.ssim_forward(x, y, taps, lo, window_size, c1, c2, same, True)[1])
         return _ops.ssim_backward(grad, x, y, coefs, taps, lo, window_size, same)
 
     def _ssim_reference(grad, x, y, taps, lo, window_size, c1, c2, same, save):

@@ -41,6 +41,7 @@ from ._contracts import (
     HALF,
     gradient_max_reference_vjp,
     kept_taps,
+    saved_or_recomputed,
     ssim_from_stats,
     ssim_out_size,
     ssim_reference_vjp,
@@ -164,8 +165,7 @@ def ssim_torch_backward(
 
 
 def _ssim_backward(grad, x, y, coefs, window_size, sigma, c1, c2, padding, save):
-    if coefs.numel() == 0 and x.numel() > 0:  # the forward did not save them: recompute
-        _, coefs = ssim_torch(x, y, window_size, sigma, c1, c2, padding, True)
+    coefs = saved_or_recomputed(coefs, x, lambda: ssim_torch(x, y, window_size, sigma, c1, c2, padding, True)[1])
     return ssim_torch_backward(grad, x, y, coefs, window_size, sigma, padding)
 
 

@@ -12,7 +12,7 @@ DEFAULT_OUT = "runs/default"
 DEMO_LR = 1e-3
 DEMO_EPOCHS = 4
 #: the guide kind of new runs (see hfkernels.models); a saved run config without one is "scratch"
-DEFAULT_GUIDE = "residual"
+DEFAULT_GUIDE_KIND = "residual"
 #: the epoch limit of a run that has a time budget but no --epochs
 BUDGET_EPOCHS = 1_000_000
 
@@ -25,7 +25,7 @@ class TrainConfig:
     test: list = field(default_factory=list)  # test sets; empty with synthetic data: a synthetic test set
     epochs: int | None = None  # None: 2 with --data (the paper's recipe), DEMO_EPOCHS without
     preset: str = "tiny"
-    guide: str = DEFAULT_GUIDE  # "residual" (starts as the heuristic) or "scratch" (the paper's network)
+    guide: str = DEFAULT_GUIDE_KIND  # "residual" (starts as the heuristic) or "scratch" (the paper's network)
     batch_size: int = 8
     max_size: int | None = None  # downscale training images to this longer side (None: native)
     eval_max_size: int | None = None  # downscale test images too (None: evaluate at native resolution)
@@ -107,4 +107,4 @@ class TrainConfig:
             raise ValueError(f"lr and clip must be > 0, got lr={self.lr}, clip={self.clip}")
 
 
-__all__ = ["TrainConfig", "DEFAULT_OUT", "DEFAULT_GUIDE", "DEMO_LR", "DEMO_EPOCHS", "BUDGET_EPOCHS"]
+__all__ = ["TrainConfig", "DEFAULT_OUT", "DEFAULT_GUIDE_KIND", "DEMO_LR", "DEMO_EPOCHS", "BUDGET_EPOCHS"]

@@ -53,7 +53,7 @@ import torch
 
 from ..core.fusion import fuse_color, heuristic_guidance
 from ..core.losses import FusionLoss
-from ..evaluation import colour, means, pairs_from_dataset, score
+from ..evaluation import colour_fusion, means, pairs_from_dataset, score
 from ..guidance import checkpoint as ckpt
 from ..guidance import model_guidance
 from ..guidance.models import GuidanceUNet, count_parameters, forward_pair, kl_term
@@ -281,7 +281,7 @@ class Trainer:
         """Metric means per test set: ``{set: {metric: mean}}`` of the colour fusion with
         ``guidance`` (``f(vis, ir) -> mu``; default: the model in eval mode)."""
         guidance = self.guidance_fn() if guidance is None else guidance
-        fusion = {"f": colour(guidance, self.cfg.levels, self.cfg.backend)}
+        fusion = {"f": colour_fusion(guidance, self.cfg.levels, self.cfg.backend)}
         return {name: means(score(pairs_from_dataset(ds, self.cfg.eval_limit), fusion, self.cfg.metrics,
                                   device=self.device)["f"])
                 for name, ds in self.test_sets}
@@ -294,7 +294,7 @@ class Trainer:
         """The epoch's sheet of the first test set (see :func:`hfkernels.epoch_report.contact_sheet`)."""
         if not self.test_sets:
             return None
-        fusion = colour(self.guidance_fn(), self.cfg.levels, self.cfg.backend)
+        fusion = colour_fusion(self.guidance_fn(), self.cfg.levels, self.cfg.backend)
         return epoch_report.contact_sheet(path, self.test_sets[0][1], fusion, self.cfg.sheet_pairs, self.device)
 
     # ----------------------------------------------------------------- main loop

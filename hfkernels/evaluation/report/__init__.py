@@ -36,7 +36,7 @@ import torch
 from ...core.fusion import heuristic_guidance
 from ..scoring import (
     Pair,
-    colour,
+    colour_fusion,
     fused_and_mu,
     pairs_from_dataset,
     pairs_from_files,
@@ -352,8 +352,8 @@ def training_report(trainer, limit: int | None = None, progress: bool = False) -
     if not trainer.test_sets:
         return None
     epoch = trainer.history[-1]["epoch"] if trainer.history else 0
-    fusions = {f"trained guidance (epoch {epoch})": colour(trainer.guidance_fn(), cfg.levels, cfg.backend),
-               "heuristic guidance": colour(heuristic_guidance, cfg.levels, cfg.backend)}
+    fusions = {f"trained guidance (epoch {epoch})": colour_fusion(trainer.guidance_fn(), cfg.levels, cfg.backend),
+               "heuristic guidance": colour_fusion(heuristic_guidance, cfg.levels, cfg.backend)}
     sets = []
     for name, ds in trainer.test_sets:
         # score the files at their own resolution (the published protocol), one section per set

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from html import escape
 
-from .plots import colour, curve_svg, distribution_svg
+from .plots import curve_svg, distribution_svg, series_colour
 
 
 @dataclass
@@ -318,7 +318,7 @@ def pairs_data(sec: SectionView) -> dict:
         rows.append([name, vals, pics])
     return {"fusions": list(sec.fusions), "metrics": list(sec.metrics), "base": sec.base, "page": PAGE_PAIRS,
             "hib": [1 if sec.higher_is_better.get(m, True) else 0 for m in sec.metrics],
-            "colours": [colour(j) for j in range(len(sec.fusions))], "rows": rows}
+            "colours": [series_colour(j) for j in range(len(sec.fusions))], "rows": rows}
 
 
 def _script_json(obj) -> str:
@@ -336,7 +336,7 @@ def means_table(sec: SectionView) -> str:
             + "</tr></thead><tbody>"]
     for i, f in enumerate(sec.fusions):
         cells = "".join(f'<td{BEST if f in best[m] else ""}>{fmt(mean[f][m])}</td>' for m in sec.metrics)
-        swatch = f'<span class="sw" style="background:{colour(i)}"></span>'
+        swatch = f'<span class="sw" style="background:{series_colour(i)}"></span>'
         rows.append(f'<tr><td class="l">{swatch}{escape(f)}</td>{cells}</tr>')
     for k, (label, vals) in enumerate(sec.paper):
         cells = "".join(f"<td>{fmt(vals.get(m))}</td>" for m in sec.metrics)

@@ -15,7 +15,7 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 MAX_POINTS = 150
 
 
-def colour(i: int) -> str:
+def series_colour(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
@@ -82,7 +82,7 @@ def distribution_svg(metric: str, series: list[tuple[str, list[float]]], higher_
         out.append(f'<text x="{x:.1f}" y="{h - bottom + 15}" class="tick" text-anchor="middle">{_fmt(t)}</text>')
     for i, ((label, vals), fin) in enumerate(zip(series, finite)):
         cy = top + row_h * i + row_h / 2
-        c = colour(i)
+        c = series_colour(i)
         short = label if len(label) <= 20 else label[:19] + "…"
         out.append(f'<text x="{left - 6}" y="{cy + 4:.1f}" class="lab" text-anchor="end">'
                    f'<title>{escape(label)}</title>{escape(short)}</text>')
@@ -167,4 +167,4 @@ def curve_svg(title: str, points: list[tuple[float, float]], refs: list[tuple[st
     return "".join(out)
 
 
-__all__ = ["PALETTE", "MAX_POINTS", "colour", "nice_ticks", "quantile", "distribution_svg", "curve_svg"]
+__all__ = ["PALETTE", "MAX_POINTS", "series_colour", "nice_ticks", "quantile", "distribution_svg", "curve_svg"]
