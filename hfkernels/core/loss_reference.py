@@ -117,21 +117,35 @@ def gradient_max(a, b, f) -> torch.Tensor:
     return lx + ly
 
 
+#: the released loss's weights and SSIM window: the defaults of :func:`fusion_loss` and of
+#: :class:`hfkernels.FusionLoss`, stated once
+RELEASED_WEIGHTS = dict(max_w=10.0, consist_w=2.0, grad_w=40.0, ssim_w=1.0, ssim_ir_w=1.0, ir_compose=2.0, color_w=2.0)
+RELEASED_WINDOW = 48
+
+
 def fusion_loss(
-    vis, ir, fused, max_w=10.0, consist_w=2.0, grad_w=40.0, ssim_w=1.0, ssim_ir_w=1.0,
-    ir_compose=2.0, color_w=2.0, window_size=48,
+    vis, ir, fused, max_w=RELEASED_WEIGHTS["max_w"], consist_w=RELEASED_WEIGHTS["consist_w"],
+    grad_w=RELEASED_WEIGHTS["grad_w"], ssim_w=RELEASED_WEIGHTS["ssim_w"], ssim_ir_w=RELEASED_WEIGHTS["ssim_ir_w"],
+    ir_compose=RELEASED_WEIGHTS["ir_compose"], color_w=RELEASED_WEIGHTS["color_w"], window_size=RELEASED_WINDOW,
+    *, ssim_loss_fn=None, gradient_max_fn=None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The released loss before the 0.1 training scale: ``(total, weighted terms)``.
 
     vis (B,3,H,W), ir (B,1|3,H,W) (1 channel is repeated to 3), fused (B,3,H,W), all in [-1,1].
     Terms: "max", "consist", "grad", "ssim", "color", each already multiplied by its weight.
     The colour term is ``L1(Cb_A, Cb_F) + L1(Cr_A, Cr_F)``.
+
+    ``ssim_loss_fn(x, y, window_size, sigma, data_range)`` and ``gradient_max_fn(a, b, f)``
+    default to this module's plain versions; :class:`hfkernels.FusionLoss` passes the fast ops,
+    so the composition of the terms is written once, here.
     """
+    ssim_loss_fn = ssim_loss_fn or ssim_loss
+    gradient_max_fn = gradient_max_fn or gradient_max
     A, F_ = vis, fused
     B = ir.repeat(1, 3, 1, 1) if ir.shape[1] == 1 else ir
     gA, gB, gF = luma(A), luma(B), luma(F_)
 
-    ssim_term = ssim_loss(A, F_, window_size, 1.5, None) + ssim_ir_w * ssim_loss(gB, gF, window_size, 1.5, None)
+    ssim_term = ssim_loss_fn(A, F_, window_size, 1.5, None) + ssim_ir_w * ssim_loss_fn(gB, gF, window_size, 1.5, None)
 
     use_b = B.mean(1, keepdim=True) > A.mean(1, keepdim=True)
     target = torch.where(use_b, B, A)
@@ -143,7 +157,7 @@ def fusion_loss(
     cbF, crF = chroma(F_)
     color = F.l1_loss(cbF, cbA) + F.l1_loss(crF, crA)
 
-    grad = gradient_max(gA, gB, gF)
+    grad = gradient_max_fn(gA, gB, gF)
 
     terms = {
         "max": max_w * max_term,
@@ -158,5 +172,6 @@ def fusion_loss(
 
 __all__ = [
     "released_data_range", "gaussian_window", "same_padding", "ssim_map", "ssim_per_image", "ssim",
-    "ssim_loss", "sobel_replicate", "gradient_max", "luma", "chroma", "fusion_loss",
+    "ssim_loss", "sobel_replicate", "gradient_max", "luma", "chroma", "fusion_loss", "RELEASED_WEIGHTS",
+    "RELEASED_WINDOW",
 ]

@@ -153,6 +153,9 @@ def _check_signed_unit_range(**tensors: torch.Tensor) -> None:
                              "images with x * 2 - 1, or build FusionLoss(check_range=False) to accept any range")
 
 
+_W = lref.RELEASED_WEIGHTS
+
+
 class FusionLoss(nn.Module):
     """The paper's released training loss, before the training scale of 0.1.
 
@@ -183,15 +186,17 @@ class FusionLoss(nn.Module):
         ['color', 'consist', 'grad', 'max', 'ssim']
     """
 
-    def __init__(self, max_w=10.0, consist_w=2.0, grad_w=40.0, ssim_w=1.0, ssim_ir_w=1.0, ir_compose=2.0,
-                 color_w=2.0, window_size=48, backend: str | None = None, check_range: bool = True):
+    def __init__(self, max_w=_W["max_w"], consist_w=_W["consist_w"], grad_w=_W["grad_w"], ssim_w=_W["ssim_w"],
+                 ssim_ir_w=_W["ssim_ir_w"], ir_compose=_W["ir_compose"], color_w=_W["color_w"],
+                 window_size=lref.RELEASED_WINDOW, backend: str | None = None, check_range: bool = True):
         super().__init__()
         for name, v in (("max_w", max_w), ("consist_w", consist_w), ("grad_w", grad_w), ("ssim_w", ssim_w),
                         ("ssim_ir_w", ssim_ir_w), ("ir_compose", ir_compose), ("color_w", color_w)):
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
                 raise TypeError(f"{name} must be a finite number, got {v!r}")
-        self.weights = dict(max=float(max_w), consist=float(consist_w), grad=float(grad_w), ssim=float(ssim_w),
-                            ssim_ir=float(ssim_ir_w), ir_compose=float(ir_compose), color=float(color_w))
+        self.weights = dict(max_w=float(max_w), consist_w=float(consist_w), grad_w=float(grad_w),
+                            ssim_w=float(ssim_w), ssim_ir_w=float(ssim_ir_w), ir_compose=float(ir_compose),
+                            color_w=float(color_w))
         self.window_size = _int_arg(window_size, "window_size", 1)
         if backend is not None:
             if not isinstance(backend, str):
@@ -227,28 +232,12 @@ class FusionLoss(nn.Module):
             return self._loss(vis.to(dt), ir.to(dt), fused.to(dt), return_terms)
 
     def _loss(self, A, ir, F_, return_terms):
-        w, bk = self.weights, self.backend
-        B = ir.expand(-1, 3, -1, -1) if ir.shape[1] == 1 else ir
-        gA, gB, gF = lref.luma(A), lref.luma(B), lref.luma(F_)
-
-        ws = self.window_size
-        ssim_term = ssim_loss(A, F_, ws, 1.5, None, backend=bk) + w["ssim_ir"] * ssim_loss(gB, gF, ws, 1.5, None, backend=bk)
-
-        target = torch.where(B.mean(1, keepdim=True) > A.mean(1, keepdim=True), B, A)
-        max_term = (F_ - target).abs().mean()
-        consist = ((gF - gA).abs().mean() + w["ir_compose"] * (gF - gB).abs().mean()) / 2
-        (cbA, crA), (cbF, crF) = lref.chroma(A), lref.chroma(F_)
-        color = (cbF - cbA).abs().mean() + (crF - crA).abs().mean()
-        grad = gradient_max_loss(gA, gB, gF, backend=bk)
-
-        terms = {
-            "max": w["max"] * max_term,
-            "consist": w["consist"] * consist,
-            "grad": w["grad"] * grad,
-            "ssim": w["ssim"] * ssim_term,
-            "color": w["color"] * color,
-        }
-        total = terms["max"] + terms["consist"] + terms["grad"] + terms["ssim"] + terms["color"]
+        bk = self.backend
+        total, terms = lref.fusion_loss(
+            A, ir, F_, **self.weights, window_size=self.window_size,
+            ssim_loss_fn=lambda x, y, ws, sigma, dr: ssim_loss(x, y, ws, sigma, dr, backend=bk),
+            gradient_max_fn=lambda a, b, f: gradient_max_loss(a, b, f, backend=bk),
+        )
         return (total, terms) if return_terms else total
 
 
