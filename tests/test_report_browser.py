@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from hfkernels.cli import main
-from hfkernels.evaluation.report.browser import Browser, find_chromium
+from tests.browser import Browser, find_chromium
 from hfkernels.evaluation.report.page import PAGE_PAIRS
 
 

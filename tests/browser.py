@@ -1,5 +1,8 @@
 """Open a results page in headless Chromium, as a reader would: for checks, timings and screenshots.
 
+Test and benchmark tooling (tests/test_report_browser.py, benchmarks/report_page.py); not part
+of the package.
+
 Chromium is driven through its DevTools protocol over a pipe (``--remote-debugging-pipe``: JSON
 messages ending in a NUL byte on file descriptors 3 and 4 of the browser), so nothing but the
 browser executable is needed and no port is opened. Every host name is made unresolvable: a
