@@ -37,7 +37,7 @@ def build(out: Path, pairs: int, distinct: int, size: tuple[int, int], seed: int
     from hfkernels.metrics import PAPER_METRICS
     from hfkernels.training.synthetic import SyntheticPairs
 
-    fusions = {"stand-in for a checkpoint (fuse_color, heuristic)": method("heuristic")}
+    fusions = {"stand-in for a checkpoint (heuristic)": method("heuristic")}
     fusions.update({label: method(spec) for label, spec in BASELINES})
     ds = SyntheticPairs(n=distinct, size=size, seed=seed, name="pair")
     names = [f"{i:05d}.png" for i in range(pairs)]

@@ -2,7 +2,8 @@
 """Fuse two folders of image pairs (matched by file name): a wrapper over ``hfkernels fuse``.
 
     python python/fuse_folder.py --checkpoint runs/default --vis VIS_DIR --ir IR_DIR --out fused/ [--save-mu]
-    python python/fuse_folder.py --vis VIS_DIR --ir IR_DIR --out fused/            # heuristic guidance
+    python python/fuse_folder.py --vis VIS_DIR --ir IR_DIR --out fused/            # the shipped trained guide
+    python python/fuse_folder.py --vis VIS_DIR --ir IR_DIR --out fused/ --mu heuristic   # the hand-made map
     python python/fuse_folder.py --data $HFK_DATA/MSRS --checkpoint RUN --out fused/
 
 ``--data DIR`` takes any folder layout that training accepts (``DIR/vi`` + ``DIR/ir``, MSRS's
@@ -41,6 +42,15 @@ def expand(argv):
 
 
 def run(argv) -> int:
+    if "-h" in argv or "--help" in argv:
+        # this script's own usage first: --data is its option, not hfkernels fuse's
+        print(__doc__.strip())
+        print("\nEvery other option is passed to `hfkernels fuse` (with --data, --vis/--ir are filled in):\n")
+        try:
+            main(["fuse", "--help"])
+        except SystemExit:  # argparse ends --help with exit status 0
+            pass
+        return 0
     rc = 0
     for job in expand(argv):
         rc = rc or main(["fuse", *job])

@@ -4,11 +4,14 @@
 Methods (rows):
 - ``visible``    the visible image itself (F = A);
 - ``infrared``   the infrared image itself (F = B);
-- ``laplacian``  the paper's Laplacian baseline: ``fuse(vis_rgb, ir, w)`` on all three RGB channels
-                 with the heuristic guidance ``w``;
+- ``laplacian``  the pyramid fusion with the heuristic guidance ``w``;
 - ``heuristic``  the per-pixel heuristic weight map blend ``(1 - w') vis + w' ir``;
-- ``trained``    the trained guidance network of ``--checkpoint RUN`` with ``fuse_color``
+- ``trained``    the pyramid fusion with the trained guidance network of ``--checkpoint RUN``
                  (left out without ``--checkpoint``).
+
+Every guided row takes one fusion path (``--path``, see ``hfkernels.evaluation.PATHS``):
+``color`` (default) fuses the luma and keeps the visible Cb/Cr (``fuse_color``, the path of
+``hfkernels fuse``); ``rgb`` fuses all three RGB channels (the paper's Laplacian baseline).
 
     python python/table8.py --data $HFK_DATA/MSRS --data $HFK_DATA/Harvard \
         --checkpoint runs/msrs [--metrics EN,MI,VIF,Qabf,SSIM] [--limit 20] [--json table8.json]
@@ -32,14 +35,14 @@ from hfkernels.io.datasets import PairDataset, find_sets  # noqa: E402
 
 DEFAULT_METRICS = "EN,MI,VIF,Qabf,SSIM,SD,SF,AG"
 #: (row name, hfkernels.evaluation.method) of the rows before "trained"
-ROWS = (("visible", "vis"), ("infrared", "ir"), ("laplacian", "laplacian"), ("heuristic", "blend"))
+ROWS = (("visible", "vis"), ("infrared", "ir"), ("laplacian", "heuristic"), ("heuristic", "blend"))
 
 
-def methods(checkpoint=None, device="cpu", backend=None):
-    """name -> f(vis (1,3,H,W), ir (1,1,H,W)) -> fused, all in [0, 1]."""
-    out = {name: E.method(spec, backend=backend) for name, spec in ROWS}
+def methods(checkpoint=None, device="cpu", backend=None, path="color"):
+    """name -> f(vis (1,3,H,W), ir (1,1,H,W)) -> fused, all in [0, 1], every guided row on ``path``."""
+    out = {name: E.method(spec, backend=backend, path=path) for name, spec in ROWS}
     if checkpoint:
-        out["trained"] = E.colour_fusion(load_guidance(checkpoint, device=device), backend=backend)
+        out["trained"] = E.pyramid(load_guidance(checkpoint, device=device), backend=backend, path=path)
     return out
 
 
@@ -68,6 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-size", type=int, help="downscale images whose longer side exceeds this")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--backend", default=None)
+    p.add_argument("--path", choices=tuple(E.PATHS), default="color", help="fusion path of every guided row")
     p.add_argument("--json", help="also write the tables as JSON here (strict JSON: NaN as null)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = p.parse_args(argv)
@@ -77,7 +81,7 @@ def main(argv=None) -> int:
         inputs = [*args.data, *([args.checkpoint] if args.checkpoint else [])]
         check_outputs([("--json", args.json)], inputs, overwrite=args.overwrite)
     device = parse_device(args.device)
-    fns = methods(args.checkpoint, device, args.backend)
+    fns = methods(args.checkpoint, device, args.backend, args.path)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     result = {}
     for spec in args.data:
@@ -85,7 +89,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             table, n = compare(PairDataset(s, max_size=args.max_size), fns, metrics, args.limit, device)
             result[s.name] = table
-            print(markdown(s.name, table, n))
+            print(markdown(f"{s.name}, path {args.path}", table, n))
             print(f"\n({time.perf_counter() - t0:.1f} s)\n", flush=True)
     if args.json:
         E.dump_json(args.json, result)

@@ -57,3 +57,19 @@ def data_dir():
     if root is None:
         pytest.skip("real image pairs not found: set HFK_DATA, or place them in shared/data next to the checkout")
     return root
+
+
+#: {profile name, {case: [valid, invalid]}} of the fuzz tests (tests/test_fuzz.py), for the summary
+FUZZ_COUNTS = pytest.StashKey[tuple]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The fuzz tests' example counts, after the progress dots (printed while the tests run, the
+    table landed in the middle of them)."""
+    got = config.stash.get(FUZZ_COUNTS, None)
+    if not got:
+        return
+    profile, counts = got
+    terminalreporter.write_sep("-", f"fuzz examples (profile {profile}): valid + invalid calls")
+    for name, (ok, bad) in counts.items():
+        terminalreporter.write_line(f"  {name:24} {ok:6} + {bad:5}")

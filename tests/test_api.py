@@ -150,6 +150,21 @@ print(json.dumps(out))
 """
 
 
+def test_fuse_color_warns_about_0_255_inputs():
+    import warnings
+
+    vis, ir = torch.rand(1, 3, 16, 16), torch.rand(1, 1, 16, 16)
+    mu = torch.full((1, 1, 16, 16), 0.5)
+    with pytest.warns(UserWarning, match=r"vis_rgb holds values in \[.*\], not \[0, 1\].*255"):
+        hk.fuse_color(vis * 255, ir, mu)
+    with pytest.warns(UserWarning, match="ir holds values"):
+        hk.fuse_color(vis, ir * 255, mu)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hk.fuse_color(vis, ir, mu)  # [0, 1]: silent
+        hk.fuse_color(vis * 255, ir, mu.requires_grad_())  # a training step is not checked
+
+
 def test_lazy_exports():
     with pytest.raises(AttributeError):
         hk.does_not_exist

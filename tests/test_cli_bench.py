@@ -59,15 +59,36 @@ def test_summary_table(result, capsys):
     g_train = lines.index("table9 train")
     assert g_fuse < g_train
     fuse_rows = [l.split() for l in lines[g_fuse + 3 : g_fuse + 5]]
-    assert fuse_rows[0][:4] == ["torch", "16.0", "1.00x", "10.5"]
-    assert fuse_rows[1][:4] == ["cpu", "4.00", "4.00x", "2.25"]
-    assert ">=4x ok" in lines[g_fuse + 4] and ">=1x MISSED" in lines[g_fuse + 4]
+    assert fuse_rows[0][:6] == ["torch", "16.0", "1.00x", "vs", "torch", "10.5"]
+    assert fuse_rows[1][:6] == ["cpu", "4.00", "4.00x", "vs", "torch", "2.25"]
+    assert ">=4x ok (paired 4.00x vs torch)" in lines[g_fuse + 4] and ">=1x MISSED" in lines[g_fuse + 4]
+    assert "ratio = the reference's median / this row's median" in out
     train = lines[g_train + 3]
     assert "cpu paper" in train and "8.00 img/s" in train and "135 s/epoch" in train
     assert "throughput 22.1 img/s; VRAM ~19 GB" in train
     assert "3 benchmarks; 1/2 targets met" in out
     assert "MISSED: fuse cpu forward vs OpenCV: 0.8x vs opencv, target >= 1x" in out
     assert "Test CPU" in lines[0]
+
+
+def test_ratio_agrees_with_the_medians(tmp_path, capsys):
+    """The suite's paired ratio (4.90x) is not what the medians say (1003 / 1184 ms): the column
+    shows the medians' ratio; a reference without a row of its own uses the suite's median of it."""
+    data = {"benchmarks": [
+        _bench("a[plain]", "loss", 1.003, backend="plain", ratio=1.0, ratio_reference="plain"),
+        _bench("a[torch]", "loss", 1.184, backend="torch", ratio=4.90, ratio_reference="plain"),
+        _bench("a[cpu]", "loss", 0.0214, backend="cpu", ratio=2.48, ratio_reference="plain"),
+        _bench("b[cpu]", "other", 0.010, backend="cpu", ratio=9.0, ratio_reference="opencv", ratio_reference_ms=30.0),
+    ]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    rs = {r["key"] + r["group"]: r for r in bench.rows(bench.load(path))}
+    assert rs["torchloss"]["ratio"] == pytest.approx(1003 / 1184)
+    assert rs["cpuloss"]["ratio"] == pytest.approx(1003 / 21.4)
+    assert rs["cpuother"]["ratio"] == pytest.approx(3.0)
+    assert main(["bench", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "0.847x vs plain" in out and "46.9x vs plain" in out and "3.00x vs opencv" in out
 
 
 def test_markdown_and_group_filter(result, capsys):
@@ -96,7 +117,8 @@ def test_plot_without_matplotlib_is_a_clear_error(result, tmp_path, capsys, monk
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     assert main(["bench", str(result), "--plot", str(tmp_path / "c.png")]) == 2
-    assert "--plot needs matplotlib" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "--plot needs matplotlib" in err and out == ""  # checked before the table is printed
     assert not (tmp_path / "c.png").exists()
 
 

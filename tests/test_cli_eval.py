@@ -56,6 +56,15 @@ def test_fused_folder_json_csv(data, tmp_path, capsys):
     assert float(rows[2][rows[0].index("SSIM")]) == pytest.approx(res["per_image"]["01.png"]["SSIM"])
 
 
+def blend_on_luma(vis, ir):
+    """The per-pixel blend on the default (colour) path: blend the luma, keep Cb/Cr."""
+    from hfkernels.core.reference import rgb_to_ycbcr, ycbcr_to_rgb
+
+    ycc = rgb_to_ycbcr(vis)
+    y = hfkernels.heuristic_blend(ycc[:, :1], ir)
+    return ycbcr_to_rgb(torch.cat([y, ycc[:, 1:]], 1)).clamp(0, 1)
+
+
 @pytest.mark.parametrize("method", ["vis", "ir", "laplacian", "blend", "heuristic", "0.25"])
 def test_methods(data, tmp_path, method):
     js = tmp_path / "m.json"
@@ -69,7 +78,7 @@ def test_methods(data, tmp_path, method):
         "vis": vis,
         "ir": ir,
         "laplacian": hfkernels.fuse(vis, ir, hfkernels.heuristic_guidance(vis, ir)).clamp(0, 1),
-        "blend": hfkernels.heuristic_blend(vis, ir).clamp(0, 1),
+        "blend": blend_on_luma(vis, ir),
         "heuristic": hfkernels.fuse_color(vis, ir, hfkernels.heuristic_guidance(vis, ir)),
         "0.25": hfkernels.fuse_color(vis, ir, torch.full_like(ir, 0.25)),
     }[method]
@@ -82,14 +91,79 @@ def test_baselines_table(data, tmp_path, capsys):
     js = tmp_path / "b.json"
     assert main(["eval", "--data", str(data), "--baselines", "--json", str(js), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    for label in ("visible as fused", "infrared as fused", "Laplacian, heuristic guidance",
-                  "heuristic per-pixel blend", "Laplacian, mu = 0.5"):
+    for label in ("visible as fused", "infrared as fused", "heuristic guidance",
+                  "heuristic per-pixel blend", "mu = 0.5"):
         assert label in out
     for m in ("EN", "MI", "VIF", "Qabf", "SSIM", "SD"):
         assert m in out.splitlines()[1]
+    assert "fusion path of every guided row: color" in out
     res = json.loads(js.read_text())
+    assert res["path"] == "color"
     vis, ir = pair(data, "00.png")
     assert res["per_image"]["visible as fused"]["00.png"]["EN"] == pytest.approx(float(evaluate(vis, ir, vis, "EN")["EN"][0]))
+    # every guided row goes through fuse_color: the heuristic row is `--method heuristic`'s
+    want = evaluate(vis, ir, hfkernels.fuse_color(vis, ir, hfkernels.heuristic_guidance(vis, ir)), "EN")
+    assert res["per_image"]["heuristic guidance"]["00.png"]["EN"] == pytest.approx(float(want["EN"][0]), rel=1e-9)
+
+
+def test_baselines_rgb_path_and_no_mixed_paths(data, tmp_path, capsys):
+    js = tmp_path / "b.json"
+    assert main(["eval", "--data", str(data), "--baselines", "--path", "rgb", "--metrics", "EN",
+                 "--json", str(js), "--device", "cpu"]) == 0
+    assert "fusion path of every guided row: rgb" in capsys.readouterr().out
+    res = json.loads(js.read_text())
+    vis, ir = pair(data, "00.png")
+    want = evaluate(vis, ir, hfkernels.fuse(vis, ir, hfkernels.heuristic_guidance(vis, ir)).clamp(0, 1), "EN")
+    assert res["per_image"]["heuristic guidance"]["00.png"]["EN"] == pytest.approx(float(want["EN"][0]), rel=1e-9)
+    # the paper's Laplacian baseline by name is the rgb path: beside colour rows it is refused
+    err = err_of(capsys, ["eval", "--data", str(data), "--method", "laplacian,heuristic"])
+    assert "mix fusion paths" in err and "--path" in err
+
+
+def test_terminal_shows_the_papers_rows(tmp_path, capsys):
+    data = make_dataset(tmp_path / "RoadScene")
+    assert main(["eval", "--data", str(data), "--baselines", "--metrics", "EN,VIF", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "paper: 2 epochs on MSRS, zero-shot" in out and "published" in out and "0-2" in out
+
+
+@pytest.mark.parametrize("layout", ["visible_infrared", "harvard_root", "harvard_set", "msrs"])
+def test_data_reads_every_layout_train_reads(tmp_path, layout, capsys):
+    """eval --data goes through the trainer's layout reader (find_sets, test split)."""
+    from hfkernels.io.datasets import find_sets
+
+    if layout == "visible_infrared":
+        root = tmp_path / "set"
+        make_dataset(root)
+        (root / "vi").rename(root / "visible")
+        (root / "ir").rename(root / "infrared")
+    elif layout == "harvard_root":
+        root = tmp_path / "Harvard"
+        for a in ("CT", "PET"):
+            make_dataset(root / f"{a}-MRI", n=2)
+            (root / f"{a}-MRI" / "vi").rename(root / f"{a}-MRI" / a)
+            (root / f"{a}-MRI" / "ir").rename(root / f"{a}-MRI" / "MRI")
+    elif layout == "harvard_set":
+        root = tmp_path / "CT-MRI"
+        make_dataset(root, n=2)
+        (root / "vi").rename(root / "CT")
+        (root / "ir").rename(root / "MRI")
+    else:
+        root = tmp_path / "MSRS"
+        make_dataset(root / "train", n=1)
+        make_dataset(root / "test", n=2, seed=1)
+    js = tmp_path / "m.json"
+    assert main(["eval", "--data", str(root), "--method", "vis", "--metrics", "EN", "--json", str(js),
+                 "--device", "cpu", "--quiet"]) == 0
+    res = json.loads(js.read_text())
+    sets = find_sets(root, split="test")
+    if len(sets) > 1:
+        assert set(res["sets"]) == {s.name for s in sets} == {"Harvard/CT-MRI", "Harvard/PET-MRI"}
+        assert all(len(r["per_image"]) == 2 for r in res["sets"].values())
+    else:
+        assert len(res["per_image"]) == len(list(sets[0].vis_dir.iterdir()))
+    if layout == "msrs":
+        assert len(res["per_image"]) == 2  # the test split, not train
 
 
 def test_standard_protocol_and_single_files(data, tmp_path):
@@ -138,7 +212,8 @@ def test_user_errors(data, tmp_path, capsys):
     assert "[0, 1]" in err_of(capsys, ["eval", "--data", str(data), "--method", "1.5"])
     assert "BOGUS" in err_of(capsys, ["eval", "--data", str(data), "--method", "vis", "--metrics", "EN,BOGUS"])
     assert "does not exist" in err_of(capsys, ["eval", "--vis", str(tmp_path / "nope"), "--ir", str(data / "ir"), "--method", "vis"])
-    assert "vi/" in err_of(capsys, ["eval", "--data", str(tmp_path), "--method", "vis"])
+    (tmp_path / "empty").mkdir()
+    assert "no image pairs" in err_of(capsys, ["eval", "--data", str(tmp_path / "empty"), "--method", "vis"])
     with pytest.raises(SystemExit):
         main(["eval", "--data", str(data)])  # no fusion source given
 

@@ -54,6 +54,20 @@ def test_fuse_mu_zero_returns_visible(tmp_path):
     assert torch.allclose(read_image(out), read_image(v), atol=0.5 / 255 + 1e-6)
 
 
+def test_swapped_sources_get_a_hint(tmp_path, capsys):
+    v, i = _pair(tmp_path)  # vis in colour, ir gray: as it should be
+    assert main(["fuse", "--vis", str(v), "--ir", str(i), "--out", str(tmp_path / "a.png"), "--mu", "0.5"]) == 0
+    assert "swapped" not in capsys.readouterr().err
+    assert main(["fuse", "--vis", str(i), "--ir", str(v), "--out", str(tmp_path / "b.png"), "--mu", "0.5"]) == 0
+    err = capsys.readouterr().err
+    assert "were --vis and --ir swapped?" in err and str(i) in err
+    # a gray image stored as RGB (TNO) is not colour
+    Image.open(i).convert("RGB").save(tmp_path / "gray_rgb.png")
+    assert main(["fuse", "--vis", str(i), "--ir", str(tmp_path / "gray_rgb.png"), "--out", str(tmp_path / "c.png"),
+                 "--mu", "0.5"]) == 0
+    assert "swapped" not in capsys.readouterr().err
+
+
 def test_fuse_folders_and_unmatched(tmp_path, capsys):
     _pair(tmp_path, "a.png")
     _pair(tmp_path, "b.png", h=10, w=12)

@@ -150,6 +150,48 @@ def test_loader(cache):
     assert len(loader) == 3
 
 
+class _MixedSizes(torch.utils.data.Dataset):
+    """Items of many sizes (as RoadScene has), each pixel tagged with its item and position."""
+
+    def __init__(self, sizes):
+        self.sizes = sizes
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def __getitem__(self, i):
+        h, w = self.sizes[i]
+        v = (torch.arange(h * w).reshape(1, h, w) * 7 + i) % 251
+        return v.expand(3, h, w).to(torch.uint8).clone(), v.to(torch.uint8)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_crops_make_full_batches_of_mixed_sizes(cache):
+    sizes = [(30 + 3 * i, 40 + 5 * (i % 4)) for i in range(11)]  # 11 items, 11 sizes
+    ds = _MixedSizes(sizes)
+    # without crops, batches follow the sizes: one image each
+    assert [len(b) for b in epoch_batches(sizes, 4)] == [1] * 11
+    loader = BatchLoader(ds, 4, "cpu", cache=cache, seed=0, crop=32)
+    seen, shapes = [], []
+    for idx, vis, ir in loader.epoch(1):
+        shapes.append(tuple(vis.shape))
+        assert vis.shape[-2:] == (min(32, *(sizes[i][0] for i in idx)), min(32, *(sizes[i][1] for i in idx)))
+        for k, i in enumerate(idx):
+            full, _ = ds[i]
+            # each crop is a window of its own image
+            h, w = vis.shape[-2:]
+            win = (vis[k, 0] * 255).round().to(torch.uint8)
+            hits = [(y, x) for y in range(sizes[i][0] - h + 1) for x in range(sizes[i][1] - w + 1)
+                    if torch.equal(full[0, y:y + h, x:x + w], win)]
+            assert hits
+        seen += idx
+    assert [s[0] for s in shapes] == [4, 4, 3] and sorted(seen) == list(range(11))
+    # the same windows again for the same (seed, epoch): a resumed run sees the same crops
+    again = [vis for _, vis, _ in BatchLoader(ds, 4, "cpu", cache=cache, seed=0, crop=32).epoch(1)]
+    first = [vis for _, vis, _ in loader.epoch(1)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
 # ----------------------------------------------------------------------------- generated scenes
 def test_synthetic_pairs(tmp_path):
     v1, i1 = make_pair(40, 56, seed=7)

@@ -32,7 +32,7 @@ from hfkernels.core import reference as ref  # noqa: E402
 from hfkernels.core.backends import BackendUnavailableError, get_backend, tolerance  # noqa: E402
 from hfkernels.core.fusion import max_levels  # noqa: E402
 
-from .conftest import backend_device_pairs  # noqa: E402
+from .conftest import FUZZ_COUNTS, backend_device_pairs  # noqa: E402
 
 NAMED = (ValueError, TypeError, BackendUnavailableError)
 F64 = torch.float64
@@ -70,14 +70,11 @@ def run(op, backend, strategy, check):
 
 @pytest.fixture(scope="module", autouse=True)
 def report_counts(request):
+    """Hand the counts to the session's terminal summary (tests/conftest.py), which shows them
+    after the progress dots rather than among them."""
     yield
-    capman = request.config.pluginmanager.get_plugin("capturemanager")
-    if capman is None or not COUNTS:
-        return
-    with capman.global_and_fixture_disabled():  # shown without -s: the point is to see it
-        print(f"\nfuzz examples (profile {settings.get_current_profile_name()}): valid + invalid calls")
-        for name, (ok, bad) in COUNTS.items():
-            print(f"  {name:24} {ok:6} + {bad:5}")
+    if COUNTS:
+        request.config.stash[FUZZ_COUNTS] = (settings.get_current_profile_name(), dict(COUNTS))
 
 
 def tiny(backend):

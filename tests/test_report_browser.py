@@ -45,7 +45,7 @@ def page(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     data = write_pairs(root / "set", n=6, size=(60, 80), seed=3)
     out, js = root / "rep", root / "m.json"
-    assert main(["eval", "--data", str(data), "--method", "laplacian,blend,0.3", "--metrics", "EN,Qabf,SD",
+    assert main(["eval", "--data", str(data), "--method", "heuristic,blend,0.3", "--metrics", "EN,Qabf,SD",
                  "--device", "cpu", "--json", str(js), "--report", str(out), "--quiet"]) == 0
     return out / "index.html", json.loads(js.read_text())
 
@@ -59,7 +59,7 @@ def long_page(tmp_path_factory):
     n = PAGE_PAIRS + 5
     data = write_pairs(root / "set", n=n, size=(24, 32), seed=5)
     out, js = root / "rep", root / "m.json"
-    assert main(["eval", "--data", str(data), "--method", "laplacian,vis", "--metrics", "EN,SD", "--device", "cpu",
+    assert main(["eval", "--data", str(data), "--method", "heuristic,vis", "--metrics", "EN,SD", "--device", "cpu",
                  "--json", str(js), "--report", str(out), "--quiet"]) == 0
     return out / "index.html", json.loads(js.read_text())
 
@@ -150,7 +150,7 @@ def test_rows_after_paging_have_pictures(chromium, long_page):
             assert f.is_file() and folder in f.parents, link
         # sorting keeps every pair laid out
         b.eval("document.querySelector('table.pairs th[data-m=\"EN\"] button').click()")
-        vals = res["per_image"]["Laplacian, heuristic guidance"]
+        vals = res["per_image"]["heuristic guidance"]
         assert _names(b) == sorted(names, key=lambda n: -vals[n]["EN"])
 
 

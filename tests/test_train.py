@@ -261,6 +261,75 @@ def test_time_budget_stops_and_resumes(tmp_path, capsys):
     assert len(json.loads((run / "history.json").read_text())) == 1
 
 
+def test_ctrl_c_says_what_is_kept(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--epochs", "1", "--no-report", "--out", str(run)]) == 0
+    capsys.readouterr()
+
+    def interrupted(self, epoch):
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("HFK_DEBUG", raising=False)
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    assert main(["train", *FAST, "--epochs", "3", "--out", str(run), "--resume"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("\nhfkernels train: interrupted; ") and err.count("\n") == 2
+    assert "checkpoint of epoch 1" in err and f"hfkernels train --out {run} --resume" in err
+
+
+def test_budget_cut_epoch_recalibrates_on_its_own_batches(tmp_path, monkeypatch):
+    """A budget-cut epoch re-estimates BatchNorm on no more batches than it trained (not 16),
+    so the re-estimation does not run far past the budget."""
+    seen = []
+    real = Trainer.recalibrate_batchnorm
+    monkeypatch.setattr(Trainer, "recalibrate_batchnorm", lambda self, e, b=None: seen.append(b) or real(self, e, b))
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--time-budget", "1e-9", "--bn-batches", "16", "--out", str(run)]) == 0
+    hist = json.loads((run / "history.json").read_text())
+    assert hist[0]["batches"] == 1 and seen == [1] and hist[0]["batchnorm_seconds"] >= 0
+
+
+def test_epoch_eval_subset_final_eval_and_page_reuse(tmp_path, capsys, monkeypatch):
+    """Each epoch scores a fixed, recorded subset; the full test set is scored once at the end
+    (its expected time printed first) and the results page reuses those scores."""
+    import hfkernels.evaluation.report as report
+    from hfkernels.synthetic import write_pairs
+
+    write_pairs(tmp_path / "train", 6, (40, 60), seed=1)
+    write_pairs(tmp_path / "test", 5, (44, 64), seed=2)
+    calls = []
+    real = report.score_pairs
+    monkeypatch.setattr(report, "score_pairs", lambda pairs, *a, **k: calls.append(len(pairs)) or real(pairs, *a, **k))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "train"), "--test", str(tmp_path / "test"), "--epochs", "2",
+                 "--batch-size", "4", "--crop", "32", "--eval-pairs", "2", "--metrics", "EN,Qabf",
+                 "--sheet-pairs", "0", "--report-limit", "1", "--no-progress", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    hist = json.loads((run / "history.json").read_text())
+    # the same two pairs, spread over the set and named, every epoch; the baseline on them too
+    assert [r["eval_pairs"] for r in hist] == [{"test": ["test/0000.png", "test/0002.png"]}] * 2
+    assert json.loads((run / "baseline.json").read_text())["pairs"] == hist[0]["eval_pairs"]
+    # real batches: 6 images of one size per crop -> batches of 4 and 2, 32x32
+    assert hist[0]["batch_sizes"] == {"4": 1, "2": 1} and hist[0]["crop_sizes"] == {"32x32": 2}
+    assert "1 batch of 4, 1 of 2 (32x32 x2)" in out and "img/s" in out and "random crops of up to 32x32" in out
+    # the full set once, after the last epoch, announced with its expected time
+    assert "final_eval" in hist[-1] and "final_eval" not in hist[0]
+    assert hist[-1]["final_eval"]["pairs"] == {"test": 5}
+    assert "final evaluation: 5 test pairs x 2 fusions" in out and "about" in out
+    # ... and the page took those scores instead of scoring again
+    assert calls == [5] and (run / "report" / "index.html").is_file()
+    assert "(epoch 2)" in out and "epoch 1) ->" in out
+
+    # without the final evaluation the page shows the per-epoch pairs only
+    calls.clear()
+    assert main(["train", "--data", str(tmp_path / "train"), "--test", str(tmp_path / "test"), "--epochs", "1",
+                 "--batch-size", "4", "--eval-pairs", "2", "--metrics", "EN", "--sheet-pairs", "0",
+                 "--no-final-eval", "--no-progress", "--out", str(tmp_path / "run2")]) == 0
+    assert calls == [2]
+    assert "final_eval" not in json.loads((tmp_path / "run2" / "history.json").read_text())[-1]
+    assert "train loss" in capsys.readouterr().out
+
+
 def test_guide_kind_in_run_files(tmp_path):
     run = tmp_path / "run"
     assert main(["train", *FAST, "--guide", "scratch", "--epochs", "1", "--out", str(run)]) == 0

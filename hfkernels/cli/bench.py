@@ -2,9 +2,16 @@
 
 ``RESULT.json`` is what ``pytest benchmarks/ --benchmark-json=RESULT.json`` writes. The summary has
 one row per benchmark, grouped as in pytest-benchmark's own output, with what the suites put in
-each benchmark's ``extra_info``: the ratio to the reference measured in the same run, peak memory,
-the speed targets (met or missed), headline figures (images/s, bandwidth...) and the paper's
-figure where one exists. ``--plot`` draws the median times as a PNG bar chart (needs matplotlib).
+each benchmark's ``extra_info``: peak memory, the speed targets (met or missed), headline figures
+(images/s, bandwidth...) and the paper's figure where one exists. ``--plot`` draws the median
+times as a PNG bar chart (needs matplotlib, checked before anything else is done).
+
+The ratio column is always the reference's median divided by the row's median, so it agrees with
+the median column: the reference is the row of the same group and shape whose backend the suite
+names (``ratio_reference``, usually ``torch``), or, where the reference has no row of its own,
+the reference's median timed by the suite in the same process (``ratio_reference_ms``). The
+targets are checked on the suite's paired ratio (reference and own call alternating, robust to
+load bursts), shown in the target column beside the target.
 
 It lives in the package, not in ``benchmarks/``, because ``hfkernels bench`` is a command of the
 installed CLI (``benchmarks/`` is not installed) and it reads only the JSON files, never the suites.
@@ -90,9 +97,11 @@ def rows(data: dict, group: str | None = None) -> list[dict]:
             {
                 "group": g,
                 "name": str(name),
+                "key": str(ex.get("backend") or ex.get("label") or b.get("param") or b.get("name", "?")),
                 "median_ms": float(median_ms),
-                "ratio": ex.get("ratio"),
+                "ratio": None,
                 "against": ex.get("ratio_reference"),
+                "ref_ms": ex.get("ratio_reference_ms"),
                 "mem": ex.get("peak_extra_mb", ex.get("peak_mem_mb")),
                 "targets": ex.get("targets") or [],
                 "target_note": ex.get("target_note"),
@@ -112,7 +121,20 @@ def rows(data: dict, group: str | None = None) -> list[dict]:
     for r in out:  # rows of one group at different shapes: say which is which
         if len(shapes[r["group"]]) > 1 and r["shape"]:
             r["name"] += f" {r['shape']}"
+    _ratios(out)
     return sorted(out, key=lambda r: first[r["group"]])
+
+
+def _ratios(out: list[dict]) -> None:
+    """Set each row's ``ratio`` = reference median / own median (see the module docstring)."""
+    for r in out:
+        if not r["against"]:
+            continue
+        peer = next((q for q in out if q["group"] == r["group"] and q["shape"] == r["shape"]
+                     and q["key"] == r["against"]), None)
+        ref_ms = peer["median_ms"] if peer is not None else r["ref_ms"]
+        if isinstance(ref_ms, (int, float)) and not isinstance(ref_ms, bool) and ref_ms > 0 and r["median_ms"] > 0:
+            r["ratio"] = float(ref_ms) / r["median_ms"]
 
 
 def _num(v: float) -> str:
@@ -142,7 +164,9 @@ def _target_text(targets, note=None, met=None) -> str:
         parts.append(f"{note}: {'ok' if met else 'MISSED'}")
     for t in targets:
         ok = "ok" if t.get("met") else "MISSED"
-        parts.append(f">={float(t.get('min', 0)):g}x {ok}")
+        paired = t.get("ratio")
+        got = f" (paired {_num(float(paired))}x vs {t.get('against')})" if isinstance(paired, (int, float)) else ""
+        parts.append(f">={float(t.get('min', 0)):g}x {ok}{got}")
     return ", ".join(parts)
 
 
@@ -151,14 +175,15 @@ def _target_text(targets, note=None, met=None) -> str:
 
 
 COLUMNS = ("name", "median ms", "ratio", "peak extra MB", "target", "figures", "paper")
+#: printed under the tables: what the ratio column is
+RATIO_NOTE = ("ratio = the reference's median / this row's median (reference named after 'vs'; 1.00x: the "
+              "reference itself); targets are checked on the paired ratio shown beside them")
 
 
 def _cells(r: dict) -> list[str]:
     ratio = ""
     if isinstance(r["ratio"], (int, float)):
-        ratio = f"{_num(float(r['ratio']))}x"
-        if r["against"] and r["against"] != "torch":
-            ratio += f" vs {r['against']}"
+        ratio = f"{_num(float(r['ratio']))}x vs {r['against']}"
     mem = _num(float(r["mem"])) if isinstance(r["mem"], (int, float)) else ""
     return [r["name"], _num(r["median_ms"]), ratio, mem, _target_text(r["targets"], r["target_note"], r["target_met"]), r["figures"], r["paper"]]
 
@@ -210,8 +235,8 @@ def summary(rs: list[dict]) -> str:
 # Plotting
 
 
-def plot(rs: list[dict], out) -> None:
-    """Horizontal bars of the median time per benchmark (log scale), ratio written beside each."""
+def _pyplot():
+    """matplotlib's pyplot (Agg), or CLIError saying how to get it."""
     try:
         import matplotlib
 
@@ -219,6 +244,15 @@ def plot(rs: list[dict], out) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise CLIError("--plot needs matplotlib, which is not installed: pip install matplotlib") from None
+    return plt
+
+
+def plot(rs: list[dict], out) -> None:
+    """Horizontal bars of the median time per benchmark (log scale), ratio written beside each,
+    one colour per backend with a legend."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
     if not rs:
         raise CLIError("--plot: no benchmarks to plot")
     labels = [f"{r['group']} | {r['name']}" for r in rs]
@@ -236,7 +270,10 @@ def plot(rs: list[dict], out) -> None:
     for yi, v, r in zip(y, values, rs):
         if isinstance(r["ratio"], (int, float)) and r["ratio"] != 1.0:
             ax.text(v, yi, f" {_num(float(r['ratio']))}x", va="center", fontsize=7)
-    ax.set_title("hfkernels benchmarks (ratio = speed-up over the reference, same run)", fontsize=9)
+    ax.set_title("hfkernels benchmarks (ratio = reference median / this median, same run)", fontsize=9)
+    used = [n for n in names if any(r["name"] == n for r in rs)]
+    ax.legend(handles=[Patch(color=cmap(names.index(n) % 10), label=n) for n in used], fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), title="colour: row name", title_fontsize=7)
     fig.tight_layout()
     out = Path(out)
     if out.parent and not out.parent.exists():
@@ -249,6 +286,7 @@ def run(args) -> int:
     if args.plot:
         from ..io import check_outputs
 
+        _pyplot()  # before any work: a missing matplotlib should not come after the whole table
         check_outputs([("--plot", args.plot)], [args.result], overwrite=args.overwrite)
     data = load(args.result)
     rs = rows(data, args.group)
@@ -258,6 +296,7 @@ def run(args) -> int:
     print()
     print(table(rs, args.format))
     print()
+    print(RATIO_NOTE)
     print(summary(rs))
     if args.plot:
         plot(rs, args.plot)

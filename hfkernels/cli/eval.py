@@ -17,8 +17,22 @@ are those of :func:`hfkernels.evaluation.method`; ``heuristic``, a constant and 
 take the colour path of ``hfkernels fuse``, so their numbers are those of ``hfkernels fuse``
 without the 8-bit rounding of the written file.
 
-``--baselines`` evaluates vis, ir, laplacian, blend and the Laplacian fusion with mu = 0.5 (on
-RGB channels) and prints the mean of each metric as a table — the rows the paper's tables list.
+``--baselines`` evaluates the visible and infrared images as fused images, the heuristic
+guidance, the heuristic per-pixel blend and mu = 0.5, and prints the mean of each metric as a
+table — the rows the paper's tables list — with the paper's published rows for the dataset below
+them (protocol "paper"). Every guided row of one table takes the same fusion path (``--path``:
+``color`` = :func:`hfkernels.fuse_color`, the path of ``hfkernels fuse``; ``rgb`` = every RGB
+channel, the paper's Laplacian baseline), and the table says which.
+
+``--data DIR`` reads every layout ``hfkernels train`` reads (:func:`hfkernels.io.datasets.find_sets`,
+the test split of MSRS); a folder of several sets (``Harvard``) gets one table per set, and its
+``--fused`` folder one sub-folder per set (``FUSED/Harvard_CT-MRI``, as ``python/fuse_folder.py``
+writes them).
+
+Scores: with protocol "paper", MI, VIF and SSIM are sums over the two sources (fused vs visible
+plus fused vs infrared), so they range over 0-2, not 0-1 (docs/design.md, section 8); that is
+also why "visible as fused" wins several columns: the fused image *is* one of the two sources,
+which gives a perfect score against it.
 
 ``--json`` is strict JSON: a value that does not exist (NaN) or is infinite is written as
 ``null``. ``--csv`` writes Python's ``repr`` of each float (``nan``, ``inf`` included). Output
@@ -40,7 +54,9 @@ def register(sub):
         description="Compute EN, MI, VIF, Qabf, SSIM, SD, SF, AG, SCD, CC, PSNR, MSE, Nabf for every "
                     "pair of a dataset, with per-image rows and the mean.",
     )
-    p.add_argument("--data", metavar="DIR", help="dataset folder holding vi/ and ir/ (instead of --vis/--ir)")
+    p.add_argument("--data", metavar="DIR",
+                   help="dataset folder in any layout train reads: DIR/vi+ir (also visible/infrared), MSRS "
+                        "(its test split), a Harvard X-MRI set or the Harvard folder (one table per set)")
     p.add_argument("--vis", metavar="DIR", help="visible images (first source): folder or one file")
     p.add_argument("--ir", metavar="DIR", help="infrared images (second source): folder or one file")
     # fusion sources: at least one; several at once print a table of means per fusion
@@ -50,23 +66,33 @@ def register(sub):
                    help="fuse on the fly: vis | ir | laplacian | blend | heuristic | guide (the packaged "
                         "trained guide) | a constant mu in [0,1] (several: comma-separated)")
     g.add_argument("--checkpoint", metavar="RUN", help="fuse on the fly with a trained run's guidance")
-    g.add_argument("--baselines", action="store_true", help="the paper's baseline rows (as a table)")
+    g.add_argument("--baselines", action="store_true",
+                   help="the paper's baseline rows (as a table, with the paper's published rows for the dataset)")
+    p.add_argument("--path", choices=tuple(evaluation.PATHS), default="color",
+                   help="fusion path of every guided row: color = fuse_color (fuse the luma, keep the visible "
+                        "Cb/Cr; the path of hfkernels fuse), rgb = every RGB channel (the paper's Laplacian "
+                        "baseline); default: %(default)s")
     p.add_argument("--metrics", default=None,
                    help="comma-separated subset (default: all; with --baselines: EN,MI,VIF,Qabf,SSIM,SD)")
     p.add_argument("--protocol", choices=("paper", "standard"), default="paper",
-                   help="paper: the published protocol, quirks included (default); standard: textbook")
+                   help="paper: the published protocol, quirks included (default): MI, VIF and SSIM are summed "
+                        "over both sources, so they run 0-2 and a source used as the fused image scores high; "
+                        "standard: textbook")
     p.add_argument("--json", metavar="FILE", help="write per-image values and means as JSON")
     p.add_argument("--csv", metavar="FILE", help="write per-image values and the mean as CSV")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --json/--csv files (and a --report page) that already exist")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
-    p.add_argument("--backend", default=None, help="fusion backend for on-the-fly fusions")
-    p.add_argument("--levels", type=int, default=4, help="pyramid levels of on-the-fly fusions")
+    p.add_argument("--backend", default=None,
+                   help="fusion backend for on-the-fly fusions: triton | cuda | cpu | torch (default: the best "
+                        "available, see hfkernels info)")
+    p.add_argument("--levels", type=int, default=4, help="pyramid levels of on-the-fly fusions (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no per-image rows on the terminal")
     p.add_argument("--report", metavar="DIR",
                    help="also write a results page, DIR/index.html (tables, pictures, plots; opens from disk)")
     p.add_argument("--report-limit", type=int, metavar="N",
-                   help="pictures for at most N pairs on the page, spread over the set (metrics cover all)")
+                   help="pictures for at most N pairs on the page, spread over the set (metrics cover all; "
+                        "default: every pair)")
     p.set_defaults(func=run)
 
 
@@ -74,26 +100,35 @@ def register(sub):
 # pairs
 
 
-def _sources(args) -> tuple[Path, Path]:
+def _sets(args) -> list[tuple[str, Path, Path, Path | None]]:
+    """``[(set name, vis, ir, fused or None)]``: the pair sets the arguments name. ``--data`` goes
+    through the layout reader ``hfkernels train`` uses (:func:`hfkernels.io.datasets.find_sets`)."""
+    fused = Path(args.fused) if args.fused else None
     if args.data:
+        from ..io.datasets import DataError, find_sets
+
         if args.vis or args.ir:
             raise CLIError("give either --data or --vis/--ir, not both")
-        d = Path(args.data)
-        if not d.is_dir():
-            raise CLIError(f"--data {d} is not a folder")
-        for vi, ir in (("vi", "ir"), ("test/vi", "test/ir")):
-            if (d / vi).is_dir() and (d / ir).is_dir():
-                return d / vi, d / ir
-        raise CLIError(f"--data {d} holds no vi/ and ir/ folders (nor test/vi, test/ir)")
+        try:
+            found = find_sets(args.data, split="test")
+        except DataError as e:
+            raise CLIError(f"--data: {e}") from None
+        # several sets: one fused sub-folder per set, named as python/fuse_folder.py names them
+        return [(s.name, s.vis_dir, s.ir_dir,
+                 fused / s.name.replace("/", "_") if fused is not None and len(found) > 1 else fused)
+                for s in found]
     if not args.vis or not args.ir:
-        raise CLIError("give --vis and --ir (or --data DIR holding vi/ and ir/)")
+        raise CLIError("give --vis and --ir (or --data DIR)")
     vis, ir = Path(args.vis), Path(args.ir)
     for name, p in (("--vis", vis), ("--ir", ir)):
         if not p.exists():
             raise CLIError(f"{name} {p} does not exist")
     if vis.is_dir() != ir.is_dir():
         raise CLIError("--vis and --ir must both be folders or both be files")
-    return vis, ir
+    folder = vis.parent if vis.is_dir() else vis.parent.parent
+    # MSRS keeps its split one level down (MSRS/test/vi): name the set "MSRS-test"
+    name = f"{folder.parent.name}-{folder.name}" if folder.name in ("test", "train") else folder.name
+    return [(name or str(vis), vis, ir, fused)]
 
 
 def collect_jobs(vis: Path, ir: Path, fused: Path | None):
@@ -139,19 +174,19 @@ def fusions_of(args, device) -> tuple[dict, dict]:
         fusions[label], sources[label] = None, str(args.fused)
     if args.checkpoint:
         label = f"checkpoint {Path(args.checkpoint).name}"
-        fusions[label] = evaluation.colour_fusion(guidance.resolve(checkpoint=args.checkpoint, device=device), levels, backend)
+        fusions[label] = evaluation.pyramid(guidance.resolve(checkpoint=args.checkpoint, device=device), levels, backend, args.path)
         sources[label] = f"checkpoint {args.checkpoint}"
     for spec in (args.method.split(",") if args.method else []):
         spec = spec.strip()
         try:
-            fusion = evaluation.method(spec, levels, backend, name="--method")
+            fusion = evaluation.method(spec, levels, backend, name="--method", path=args.path)
         except ValueError as e:
             raise CLIError(str(e)) from None
         fusions[evaluation.label(spec)], sources[evaluation.label(spec)] = fusion, f"method {spec}"
     if args.baselines:
         for label, spec in BASELINES:
             if label not in fusions:
-                fusions[label], sources[label] = evaluation.method(spec, levels, backend), f"method {spec}"
+                fusions[label], sources[label] = evaluation.method(spec, levels, backend, path=args.path), f"method {spec}"
     if not fusions:
         # a usage error, as argparse reports its own (status 2, before any work)
         import sys
@@ -159,6 +194,10 @@ def fusions_of(args, device) -> tuple[dict, dict]:
         print("hfkernels eval: error: give at least one of --fused, --method, --checkpoint, --baselines "
               "(several may be combined)", file=sys.stderr)
         raise SystemExit(2)
+    try:
+        evaluation.check_one_path(fusions)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     return fusions, sources
 
 
@@ -190,16 +229,6 @@ def _dump_csv(path, header, lines) -> None:
     write_output(path, buf.getvalue().encode())
 
 
-def write_json(path, rows, mean, names, protocol, source):
-    dump_json(path, {"protocol": protocol, "source": source, "metrics": list(names),
-                     "per_image": rows, "mean": mean})
-
-
-def write_csv(path, rows, mean, names):
-    lines = [[name, *(repr(r[m]) for m in names)] for name, r in rows.items()]
-    _dump_csv(path, ["image", *names], lines + [["mean", *(repr(mean[m]) for m in names)]])
-
-
 def run(args) -> int:
     from ..metrics import PAPER_METRICS, check_names
 
@@ -208,87 +237,118 @@ def run(args) -> int:
     except ValueError as e:
         raise CLIError(f"--metrics: {e}") from None
     device = parse_device(args.device)
-    vis, ir = _sources(args)
-    fused = Path(args.fused) if args.fused else None
-    if fused is not None and not fused.exists():
-        raise CLIError(f"--fused {fused} does not exist")
+    sets = _sets(args)
+    if args.fused and not Path(args.fused).exists():
+        raise CLIError(f"--fused {args.fused} does not exist")
     if args.report_limit is not None and (not args.report or args.report_limit < 0):
         raise CLIError("--report-limit needs --report DIR" if not args.report
                        else f"--report-limit must be >= 0, got {args.report_limit}")
-    jobs = collect_jobs(vis, ir, fused)
-    check_eval_outputs(args, jobs, vis, ir, fused)
+    jobs = {name: collect_jobs(vis, ir, fused) for name, vis, ir, fused in sets}
+    check_eval_outputs(args, [j for js in jobs.values() for j in js],
+                       *(p for _, vis, ir, fused in sets for p in (vis, ir, fused)))
     fusions, sources = fusions_of(args, device)
-    pairs = evaluation.pairs_from_files(jobs)
-    pictures = None
-    if args.report:
-        from ..evaluation.report import ReportPictures
+    path = evaluation.check_one_path(fusions)
+    table_mode = args.baselines or len(fusions) > 1
+    done = []  # (set name, vis, ir, pairs, {label: rows}, pictures)
+    for name, vis, ir, _ in sets:
+        pairs = evaluation.pairs_from_files(jobs[name])
+        pictures = None
+        if args.report:
+            from ..evaluation.report import ReportPictures
 
-        # the page's pictures are written while the pairs are scored: no fusion runs twice
-        pictures = ReportPictures(args.report, pairs, fusions, args.report_limit, overwrite=args.overwrite)
-
-    if args.baselines or len(fusions) > 1:
+            # the page's pictures are written while the pairs are scored: no fusion runs twice
+            pictures = ReportPictures(args.report, pairs, fusions, args.report_limit, overwrite=args.overwrite)
+        desc = "baselines" if args.baselines and len(fusions) == len(BASELINES) else "eval"
         res = score_jobs(pairs, fusions, names, args.protocol, device, keep=pictures,
-                         desc="baselines" if args.baselines and len(fusions) == len(BASELINES) else "eval")
-        table = {label: means(rows) for label, rows in res.items()}
-        print(f"{vis.parent if vis.is_dir() else vis}: {len(jobs)} pair(s), protocol {args.protocol!r}, mean per fusion")
-        print(format_table(table, names, first="fusion"))
-        if args.json:
-            dump_json(args.json, {"protocol": args.protocol, "metrics": list(names), "pairs": len(jobs),
-                                  "mean": table, "per_image": res})
-        if args.csv:
-            _baseline_csv(args.csv, table, names)
-        _report(args, vis, ir, pairs, fusions, res, names, device, pictures)
-        return 0
-
-    (label,) = fusions
-    rows = score_jobs(pairs, fusions, names, args.protocol, device, keep=pictures)[label]
-    mean = means(rows)
-    if not args.quiet:
-        print(format_table({**rows, "mean": mean}, names))
-    else:
-        print(format_table({"mean": mean}, names))
+                         desc=desc if len(sets) == 1 else f"{desc} {name}")
+        done.append((name, vis, ir, pairs, res, pictures))
+        _print_set(args, name, vis, ir, len(pairs), res, names, path, table_mode, several=len(sets) > 1)
+    objs, lines = {}, []
+    for name, vis, ir, pairs, res, _ in done:
+        prefix = f"{name}/" if len(done) > 1 else ""
+        if table_mode:
+            table = {label: means(rows) for label, rows in res.items()}
+            objs[name] = {"protocol": args.protocol, "path": path, "metrics": list(names), "pairs": len(pairs),
+                          "mean": table, "per_image": res}
+            lines += [[prefix + label, *(repr(r[m]) for m in names)] for label, r in table.items()]
+        else:
+            (label,) = fusions
+            rows = res[label]
+            mean = means(rows)
+            objs[name] = {"protocol": args.protocol, "source": sources[label], "metrics": list(names),
+                          "per_image": rows, "mean": mean}
+            lines += [[prefix + k, *(repr(r[m]) for m in names)] for k, r in {**rows, "mean": mean}.items()]
     if args.json:
-        write_json(args.json, rows, mean, names, args.protocol, sources[label])
+        dump_json(args.json, objs[done[0][0]] if len(done) == 1 else {"protocol": args.protocol, "sets": objs})
     if args.csv:
-        write_csv(args.csv, rows, mean, names)
-    _report(args, vis, ir, pairs, fusions, {label: rows}, names, device, pictures)
+        _dump_csv(args.csv, ["fusion" if table_mode else "image", *names], lines)
+    _report(args, done, fusions, names, device, path)
     return 0
 
 
-def _report(args, vis: Path, ir: Path, pairs, fusions, scores, names, device, pictures) -> None:
-    """``--report DIR``: the results page of this evaluation (see :mod:`hfkernels.report`)."""
+def _paper_rows(args, vis: Path, ir: Path, name: str) -> dict:
+    """The paper's published means for this set (``{label: {metric: value}}``; empty when the
+    set is not one of the paper's or the protocol is not "paper"), as the results page shows them."""
+    from ..evaluation.report import PAPER_ROWS, paper_dataset
+
+    key = paper_dataset(vis, ir, name) if args.protocol == "paper" else None
+    return dict(PAPER_ROWS.get(key, [])) if key else {}
+
+
+def _print_set(args, name, vis, ir, n_pairs, res, names, path, table_mode, several: bool) -> None:
+    """The terminal's view of one set: a table of means per fusion (or per-image rows of the one
+    fusion), the paper's published rows for the set, and the fusion path."""
+    src = vis.parent if vis.is_dir() else vis
+    paper = _paper_rows(args, vis, ir, name)
+    if table_mode:
+        print(f"{name if several else src}: {n_pairs} pair(s), protocol {args.protocol!r}, mean per fusion")
+        rows = {label: means(r) for label, r in res.items()}
+    else:
+        (label,) = res
+        if several:
+            print(f"{name}: {n_pairs} pair(s), {label}")
+        mean = means(res[label])
+        rows = ({} if args.quiet else dict(res[label])) | {"mean": mean}
+    print(format_table({**rows, **paper}, names, first="fusion" if table_mode else "image"))
+    if path is not None and table_mode:
+        print(f"fusion path of every guided row: {path} ({evaluation.PATHS[path]})")
+    if paper:
+        print("rows 'paper: ...' are the published means (not recomputed; a dash: not reported); with protocol "
+              "'paper', MI, VIF and SSIM sum the scores against both sources (0-2)")
+
+
+def _report(args, done, fusions, names, device, path) -> None:
+    """``--report DIR``: the results page of this evaluation (see :mod:`hfkernels.evaluation.report`), one
+    section per set."""
     if not args.report:
         return
     from ..evaluation.report import ReportSet, history_of, paper_dataset, write_report
 
-    folder = vis.parent if vis.is_dir() else vis.parent.parent
-    # MSRS keeps its split one level down (MSRS/test/vi): name the set "MSRS-test"
-    name = f"{folder.parent.name}-{folder.name}" if folder.name in ("test", "train") else folder.name
     history, baseline = history_of(args.checkpoint) if args.checkpoint else (None, None)
+    note = f"Every guided row takes the fusion path {path}: {evaluation.PATHS[path]}." if path else ""
+    sets = [ReportSet(name, pairs, fusions, res, list(names), paper_key=paper_dataset(vis, ir, name),
+                      note=note, pictures=pictures)
+            for name, vis, ir, pairs, res, pictures in done]
+    title = done[0][0] if len(done) == 1 else ", ".join(name for name, *_ in done)
     page = write_report(
-        args.report, [ReportSet(name or str(vis), pairs, fusions, scores, list(names),
-                                paper_key=paper_dataset(vis, ir), pictures=pictures)],
-        title=f"hfkernels eval: {name}", protocol=args.protocol, history=history, baseline=baseline,
-        limit=args.report_limit, overwrite=args.overwrite, device=device,
-        meta=[f"{len(pairs)} pair(s): {vis} + {ir}"], progress=not args.quiet)
+        args.report, sets, title=f"hfkernels eval: {title}", protocol=args.protocol, history=history,
+        baseline=baseline, limit=args.report_limit, overwrite=args.overwrite, device=device,
+        meta=[f"{len(pairs)} pair(s): {vis} + {ir}" for _, vis, ir, pairs, _, _ in done], progress=not args.quiet)
     print(f"report: {page}")
-
-
-def _baseline_csv(path, table, names):
-    _dump_csv(path, ["fusion", *names], [[label, *(repr(r[m]) for m in names)] for label, r in table.items()])
 
 
 #: options of ``eval`` that name a file it writes (another module may add to it)
 OUTPUT_OPTIONS = ["json", "csv"]
 
 
-def check_eval_outputs(args, jobs, vis, ir, fused) -> None:
-    """Refuse, before any evaluation, outputs that are inputs or exist (without --overwrite)."""
+def check_eval_outputs(args, jobs, *folders) -> None:
+    """Refuse, before any evaluation, outputs that are inputs or exist (without --overwrite);
+    ``folders``: the input folders (or files; None entries are skipped)."""
     from ..io import check_outputs
     from .fuse import checkpoint_files
 
     outputs = [(f"--{o}", getattr(args, o)) for o in OUTPUT_OPTIONS if getattr(args, o, None)]
-    inputs = [vis, ir, fused, *(p for job in jobs for p in job[1:])]
+    inputs = [*folders, *(p for job in jobs for p in job[1:])]
     if args.checkpoint:
         inputs += checkpoint_files(args.checkpoint)
     if getattr(args, "report", None):

@@ -16,7 +16,11 @@ from . import CLIError, parse_device
 
 
 def register(sub):
-    p = sub.add_parser("fuse", help="fuse an image pair or two folders of pairs")
+    p = sub.add_parser(
+        "fuse", help="fuse an image pair or two folders of pairs",
+        description="Fuse a visible and an infrared image (or two folders of pairs, matched by file name) with "
+                    "the pyramid fusion: the luma is fused, the visible colour kept. The guidance is the trained "
+                    "guide shipped with hfkernels unless --mu or --checkpoint says otherwise.")
     p.add_argument("--vis", required=True, help="visible image (first source) or folder")
     p.add_argument("--ir", required=True, help="infrared image (second source) or folder")
     p.add_argument("--out", required=True, help="output image (single pair) or folder")
@@ -25,7 +29,8 @@ def register(sub):
                    help="'heuristic' or a constant in [0,1] (default: the trained guide shipped with "
                         "hfkernels; `hfkernels info` names it)")
     g.add_argument("--checkpoint", default=None, help="a training run folder whose model predicts mu")
-    p.add_argument("--levels", type=int, default=4)
+    p.add_argument("--levels", type=int, default=4,
+                   help="Laplacian pyramid levels of the fusion (default: %(default)s; capped by the image size)")
     p.add_argument("--backend", default=None, help="triton | cuda | cpu | torch (default: best)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--save-mu", action="store_true",
@@ -108,7 +113,27 @@ def plan(args) -> list[tuple[Path, Path, Path]]:
     return jobs
 
 
+def swap_hint(vis_path, ir_path) -> str | None:
+    """A hint when a pair looks swapped: a gray ``--vis`` beside an ``--ir`` in colour gives a
+    gray result (the colour kept is that of ``--vis``). None when the pair looks right."""
+    from PIL import Image, ImageChops
+
+    try:
+        with Image.open(vis_path) as a, Image.open(ir_path) as b:
+            if a.mode not in ("1", "L", "LA", "I", "I;16", "F") or b.mode not in ("RGB", "RGBA", "P"):
+                return None
+            r, g, bl = b.convert("RGB").split()
+    except OSError:
+        return None  # an unreadable file gets its own error when it is read
+    if ImageChops.difference(r, g).getbbox() is None and ImageChops.difference(g, bl).getbbox() is None:
+        return None  # a gray image stored as RGB
+    return (f"note: --vis {vis_path} is gray and --ir {ir_path} is in colour, so the fused image is gray "
+            "(the colour of --vis is kept); were --vis and --ir swapped?")
+
+
 def run(args) -> int:
+    import sys
+
     from tqdm import tqdm
 
     from ..evaluation import colour_fusion
@@ -116,6 +141,9 @@ def run(args) -> int:
 
     device = parse_device(args.device)
     jobs = plan(args)
+    hint = swap_hint(*jobs[0][:2]) if jobs else None
+    if hint:
+        print(hint, file=sys.stderr)
     fusion = colour_fusion(guidance_of(args, device), args.levels, args.backend)
     for a, b, dst in tqdm(jobs, desc="fuse", unit="pair", disable=len(jobs) < 2):
         fused, mu = fuse_pair(a, b, fusion, device)

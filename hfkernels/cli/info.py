@@ -7,7 +7,9 @@ import torch
 
 
 def register(sub):
-    p = sub.add_parser("info", help="versions, devices and available backends")
+    p = sub.add_parser("info", help="versions, devices and available backends",
+                       description="Print the versions of hfkernels, Python, torch and Triton, the default "
+                                   "guidance, and for each device which backends run there (and why not).")
     p.set_defaults(func=run)
 
 

@@ -14,9 +14,11 @@ Examples::
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
-from . import CLIError, parse_device
+from . import DEBUG_VAR, CLIError, parse_device
 
 
 def register(sub):
@@ -29,18 +31,26 @@ def register(sub):
     p.add_argument("--data", action="append", metavar="DIR", help="training folder (repeatable)")
     p.add_argument("--test", action="append", metavar="DIR", help="evaluation folder after each epoch (repeatable)")
     p.add_argument("--epochs", type=int, help="total number of epochs (default 2 with --data, 4 for the demo)")
-    p.add_argument("--preset", choices=("tiny", "small", "paper"), help="network size (default tiny)")
+    p.add_argument("--preset", choices=("tiny", "small", "paper"),
+                   help="network size (default tiny: the size of the built-in demo and the quickest; on real data "
+                        "on a CPU, small gives better scores per minute, see the README)")
     p.add_argument("--guide", choices=("residual", "scratch"),
                    help="residual (default): the network starts as the heuristic guidance and learns a correction "
                         "to its logit; scratch: the paper's network, which starts at mu = 0.5")
     p.add_argument("--batch-size", type=int, help="images per batch and process (default 8)")
+    p.add_argument("--crop", type=int, metavar="SIDE",
+                   help="train on random crops of at most SIDE x SIDE, every batch of one size, so a batch holds "
+                        "--batch-size images even when the data has many sizes (default 256; 0: whole images, "
+                        "batches grouped by size)")
     p.add_argument("--max-size", type=int,
-                   help="downscale training images whose longer side exceeds this (aspect kept); "
-                        "test sets stay at native resolution")
+                   help="downscale training images whose longer side exceeds this (aspect kept; default: no "
+                        "downscaling); test sets stay at native resolution")
     p.add_argument("--eval-max-size", type=int, help="downscale test images too (default: native resolution)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
-                   help="stop after the first optimizer step past this much training time (evaluation not "
-                        "counted), then evaluate and checkpoint; --epochs still caps the run if given")
+                   help="stop after the first optimizer step past this much training time, then evaluate and "
+                        "checkpoint; --epochs still caps the run if given. Not counted: the per-epoch evaluation "
+                        "of --eval-pairs pairs and the final one of the full test sets (both announced with "
+                        "their expected time)")
     p.add_argument("--device", help="cpu | cuda (default: cuda if available)")
     p.add_argument("--accum", type=int, help="batches per optimizer step (gradient accumulation, default 1)")
     p.add_argument("--seed", type=int, help="seed for the initial weights and the batch order (default 0)")
@@ -52,11 +62,19 @@ def register(sub):
     p.add_argument("--levels", type=int, help="pyramid levels of the fusion (default 4)")
     p.add_argument("--backend", help="kernel backend for fusion and loss (default: best available)")
     p.add_argument("--metrics", help="comma-separated metric names for the evaluation (default: the suite's)")
-    p.add_argument("--eval-limit", type=int, help="evaluate at most this many pairs per test set")
+    p.add_argument("--eval-limit", type=int, help="evaluate at most this many pairs per test set (default: all)")
+    p.add_argument("--eval-pairs", type=int, metavar="N",
+                   help="pairs per test set scored after each epoch, spread over the set and the same every epoch "
+                        "(named in history.json; default 8; 0: every pair)")
+    p.add_argument("--no-final-eval", action="store_true",
+                   help="skip scoring the full test sets after the last epoch (the results page then shows the "
+                        "per-epoch pairs only)")
     p.add_argument("--sheet-pairs", type=int, help="pairs on each epoch's contact sheet (default 4)")
     p.add_argument("--synthetic-pairs", type=int, help="generated training pairs when no --data (default 48)")
     p.add_argument("--synthetic-size", help="HxW of generated pairs (default 96x128)")
-    p.add_argument("--cache", choices=("auto", "yes", "no"), help="keep decoded images as uint8 on the device")
+    p.add_argument("--cache", choices=("auto", "yes", "no"),
+                   help="keep decoded images as uint8 on the device (default auto: when they fit in a third of "
+                        "the free GPU memory, or 2 GiB on a CPU)")
     p.add_argument("--workers", type=int, help="decoding processes when not cached (default 0)")
     p.add_argument("--bn-batches", type=int,
                    help="batches that re-estimate BatchNorm statistics after each epoch (default 16, 0: off)")
@@ -115,6 +133,16 @@ def config_from_args(args):
         cfg.report_limit = args.report_limit
     if args.no_report:
         cfg.report = False
+    if args.crop is not None:
+        if args.crop < 0:
+            raise CLIError(f"--crop must be >= 0, got {args.crop}")
+        cfg.crop_size = args.crop or None
+    if args.eval_pairs is not None:
+        if args.eval_pairs < 0:
+            raise CLIError(f"--eval-pairs must be >= 0, got {args.eval_pairs}")
+        cfg.eval_pairs = args.eval_pairs or None
+    if args.no_final_eval:
+        cfg.final_eval = False
     # the default run folder is a scratch area: a new default run replaces the old one
     overwrite = args.overwrite or (args.out is None and not args.resume)
     return cfg, args.resume, overwrite
@@ -171,4 +199,23 @@ def run(args) -> int:
         train(cfg, resume=resume, overwrite=overwrite, progress=not args.no_progress)
     except DataError as e:
         raise CLIError(str(e)) from None
+    except KeyboardInterrupt:
+        if os.environ.get(DEBUG_VAR, "") not in ("", "0"):
+            raise
+        # on a line of its own (the progress bar leaves the cursor on its line), saying what is kept
+        print(f"\nhfkernels train: interrupted; {kept(cfg.out)}", file=sys.stderr)
+        return 130
     return 0
+
+
+def kept(out) -> str:
+    """What an interrupted run leaves in ``out`` and how to go on from it."""
+    from ..guidance.checkpoint import CHECKPOINT_JSON
+    from ..io import read_json
+
+    try:
+        epoch = int(read_json(Path(out) / CHECKPOINT_JSON)["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no epoch finished, so {out} holds no checkpoint yet (start again to train)"
+    return (f"{out} keeps the checkpoint of epoch {epoch} (the epoch under way is lost); continue with "
+            f"`hfkernels train --out {out} --resume`")

@@ -90,6 +90,20 @@ def reconstruct(pyr, *, backend: str | None = None) -> torch.Tensor:
     return impl(list(pyr))
 
 
+def _warn_range(**tensors) -> None:
+    """Warn about inputs clearly outside [0, 1] (e.g. 0-255): ``fuse_color`` clamps its result
+    to [0, 1], which would silently saturate most pixels of such an image."""
+    import warnings
+
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.numel():
+            lo, hi = (float(v) for v in torch.aminmax(t.detach()))
+            if hi > 1.5 or lo < -0.5:
+                warnings.warn(f"fuse_color: {name} holds values in [{lo:g}, {hi:g}], not [0, 1]; the result is "
+                              "clamped to [0, 1], so most pixels saturate (divide 8-bit images by 255)",
+                              UserWarning, stacklevel=3)
+
+
 def fuse_color(vis_rgb, ir, mu=None, levels: int = 4, *, backend: str | None = None,
                check: bool = False) -> torch.Tensor:
     """The paper's colour path: fuse the luma (BT.601 YCbCr) with ``ir``, keep the chroma.
@@ -105,7 +119,8 @@ def fuse_color(vis_rgb, ir, mu=None, levels: int = 4, *, backend: str | None = N
 
     Returns:
         (B, C, H, W) RGB of ``vis_rgb``'s channel count, clamped to [0, 1]
-        (docs/design.md, section 4.6).
+        (docs/design.md, section 4.6). Inputs clearly outside [0, 1] (such as 0-255 images)
+        give a ``UserWarning`` (not checked when ``mu`` requires grad, i.e. in training).
 
     Example:
         >>> fuse_color(torch.rand(1, 3, 16, 16), torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)).shape
@@ -117,6 +132,8 @@ def fuse_color(vis_rgb, ir, mu=None, levels: int = 4, *, backend: str | None = N
         raise ValueError(f"vis_rgb must have 1 or 3 channels, got {vis_rgb.shape[1]}")
     if ir.shape[1] not in (1, 3):
         raise ValueError(f"ir must have 1 or 3 channels, got {ir.shape[1]}")
+    if not (mu is not None and mu.requires_grad):  # not inside a training step: one sync is cheap
+        _warn_range(vis_rgb=vis_rgb, ir=ir)
     if mu is None:
         # imported here so that `import hfkernels` does not load the network code (lazy exports)
         from ..guidance import default_guidance

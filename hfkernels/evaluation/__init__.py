@@ -8,6 +8,7 @@ from .scoring import (
     BASELINES,
     LABELS,
     METHODS,
+    PATHS,
     EvaluationError,
     Fusion,
     Pair,
@@ -23,11 +24,18 @@ from .scoring import (
     method,
     pairs_from_dataset,
     pairs_from_files,
+    paths_of,
+    blend_fusion,
+    check_one_path,
+    check_path,
+    pyramid,
     score,
+    spread_indices,
 )
 
 __all__ = [
     "BASELINES", "LABELS", "METHODS", "EvaluationError", "Fusion", "Pair", "colour_fusion", "dump_json",
     "format_table", "fused_and_mu", "guided_fusion", "json_safe", "label", "laplacian_fusion", "means", "method",
-    "pairs_from_dataset", "pairs_from_files", "score",
+    "pairs_from_dataset", "pairs_from_files", "score", "PATHS", "paths_of", "blend_fusion", "check_one_path",
+    "check_path", "pyramid", "spread_indices",
 ]

@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from .. import guidance
+from ..core import reference as ref
 from ..core.fusion import fuse, fuse_color, heuristic_blend, heuristic_guidance
 from ..io import read_image, write_output
 from ..metrics import evaluate
@@ -63,14 +64,28 @@ def pairs_from_files(jobs) -> list[Pair]:
     return [Pair(str(name), loader(vp, ip, fp)) for name, vp, ip, fp in jobs]
 
 
-def pairs_from_dataset(ds, limit: int | None = None, cache: bool = False) -> list[Pair]:
+def spread_indices(n: int, limit: int | None) -> list[int]:
+    """All of ``range(n)``, or ``limit`` indices spread evenly over it (the first and every
+    ``n/limit``-th), so a bounded sample still covers the whole set (every sub-set of a joined one)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted({i * n // limit for i in range(limit)})
+
+
+def pairs_from_dataset(ds, limit: int | None = None, cache: bool = False, indices=None) -> list[Pair]:
     """The first ``limit`` (None: all) pairs of a dataset whose items are ``(vis uint8 (3,H,W),
     ir uint8 (1,H,W))`` and which has ``names`` (:class:`hfkernels.data.PairDataset`,
-    :class:`hfkernels.synthetic.SyntheticPairs`). ``cache``: decode every pair now and keep it
-    as uint8, for a set scored many times."""
+    :class:`hfkernels.synthetic.SyntheticPairs`), or the pairs at ``indices``. ``cache``: decode
+    every pair now and keep it as uint8, for a set scored many times."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
     n = len(ds) if limit is None else min(len(ds), limit)
+    if indices is not None:
+        indices = [int(i) for i in indices]
+        if any(not 0 <= i < len(ds) for i in indices):
+            raise ValueError(f"indices must lie in [0, {len(ds)}), got {indices}")
 
     def loader(i):
         item = ds[i] if cache else None
@@ -80,7 +95,7 @@ def pairs_from_dataset(ds, limit: int | None = None, cache: bool = False) -> lis
             return vis[None].float() / 255, ir[None].float() / 255, None
         return load
 
-    return [Pair(str(ds.names[i]), loader(i)) for i in range(n)]
+    return [Pair(str(ds.names[i]), loader(i)) for i in (range(n) if indices is None else indices)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,42 +104,91 @@ def pairs_from_dataset(ds, limit: int | None = None, cache: bool = False) -> lis
 Fusion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def guided_fusion(mu_fn: guidance.MuFn, blend: Callable) -> Fusion:
+#: the fusion paths: how a guided fusion treats colour. Every guided row of one comparison
+#: table takes the same path (:func:`check_one_path`), so that a difference between rows is the
+#: guidance's, not the colour handling's.
+PATHS = {
+    "color": "fuse_color: the luma (BT.601 Y) is fused with the infrared, the visible Cb/Cr kept "
+             "(the path of hfkernels fuse and of training)",
+    "rgb": "each RGB channel is fused with the infrared (the paper's Laplacian baseline)",
+}
+
+
+def guided_fusion(mu_fn: guidance.MuFn, blend: Callable, path: str | None = None) -> Fusion:
     """The fusion ``blend(vis, ir, clamp(mu_fn(vis, ir), 0, 1))``, carrying ``guidance`` (the
-    clamped ``mu_fn``) and ``blend``."""
+    clamped ``mu_fn``), ``blend`` and ``path`` (a :data:`PATHS` key, or None)."""
 
     def fusion(vis, ir):
         return blend(vis, ir, fusion.guidance(vis, ir))
 
     fusion.guidance = lambda vis, ir: mu_fn(vis, ir).clamp(0, 1)
     fusion.blend = blend
+    fusion.path = path
     return fusion
 
 
 def colour_fusion(mu_fn: guidance.MuFn, levels: int = 4, backend: str | None = None) -> Fusion:
     """The colour path of ``hfkernels fuse``: :func:`hfkernels.fuse_color` (fuse the luma, keep
     the visible chroma) with the guidance ``mu_fn``; (1, 3, H, W) in [0, 1]."""
-    return guided_fusion(mu_fn, lambda vis, ir, mu: fuse_color(vis, ir, mu, levels, backend=backend))
+    return guided_fusion(mu_fn, lambda vis, ir, mu: fuse_color(vis, ir, mu, levels, backend=backend), "color")
 
 
 def laplacian_fusion(mu_fn: guidance.MuFn, levels: int = 4, backend: str | None = None) -> Fusion:
     """The paper's Laplacian baseline: :func:`hfkernels.fuse` on all three RGB channels with the
     guidance ``mu_fn``, clamped to [0, 1]."""
-    return guided_fusion(mu_fn, lambda vis, ir, mu: fuse(vis, ir, mu, levels, backend=backend).clamp(0, 1))
+    return guided_fusion(mu_fn, lambda vis, ir, mu: fuse(vis, ir, mu, levels, backend=backend).clamp(0, 1), "rgb")
 
 
-def _blend(vis, ir):
-    return heuristic_blend(vis, ir).clamp(0, 1)
+def pyramid(mu_fn: guidance.MuFn, levels: int = 4, backend: str | None = None, path: str = "color") -> Fusion:
+    """The pyramid fusion with guidance ``mu_fn`` on ``path``: :func:`colour_fusion` or :func:`laplacian_fusion`."""
+    return {"color": colour_fusion, "rgb": laplacian_fusion}[check_path(path)](mu_fn, levels, backend)
 
 
-_blend.guidance = heuristic_guidance  # shown beside it; the blend computes its own weights
+def blend_fusion(path: str = "color") -> Fusion:
+    """The paper's heuristic per-pixel blend ``(1 - w) vis + w ir`` (no pyramid), clamped; on the
+    ``"color"`` path it blends the visible luma and keeps its Cb/Cr, on ``"rgb"`` every channel."""
+    check_path(path)
+
+    def fusion(vis, ir):
+        if path == "rgb" or vis.shape[1] == 1:
+            return heuristic_blend(vis, ir).clamp(0, 1)
+        ycc = ref.rgb_to_ycbcr(vis)
+        y = heuristic_blend(ycc[:, :1], ref.luma(ir))
+        return ref.ycbcr_to_rgb(torch.cat([y, ycc[:, 1:]], dim=1)).clamp(0, 1)
+
+    fusion.guidance = heuristic_guidance  # shown beside it; the blend computes its own weights
+    fusion.path = path
+    return fusion
+
+
+def check_path(path) -> str:
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+    return path
+
+
+def paths_of(fusions: dict) -> dict:
+    """``{label: path}`` of the fusions that have one (sources and fused files have none)."""
+    return {k: f.path for k, f in fusions.items() if getattr(f, "path", None) is not None}
+
+
+def check_one_path(fusions: dict) -> str | None:
+    """The one fusion path of a comparison's rows (None: no guided row); ValueError naming the
+    rows when they mix paths."""
+    paths = paths_of(fusions)
+    if len(set(paths.values())) > 1:
+        rows = "; ".join(f"{k!r}: {p}" for k, p in paths.items())
+        raise ValueError(f"one table must not mix fusion paths, but its rows use {rows}; "
+                         "compare rows of one path (--path color or --path rgb)")
+    return next(iter(paths.values()), None)
+
 
 #: the fusion methods by name (see :func:`method`; constants and ``laplacian:c`` too)
 METHODS = ("vis", "ir", "laplacian", "blend", "heuristic", "guide")
-#: row label of each named method
-LABELS = {"vis": "visible as fused", "ir": "infrared as fused", "laplacian": "Laplacian, heuristic guidance",
-          "blend": "heuristic per-pixel blend", "heuristic": "fuse_color, heuristic guidance",
-          "guide": "fuse_color, packaged trained guide"}
+#: row label of each named method (the path is the table's, not the row's: see :data:`PATHS`)
+LABELS = {"vis": "visible as fused", "ir": "infrared as fused", "laplacian": "Laplacian (RGB), heuristic guidance",
+          "blend": "heuristic per-pixel blend", "heuristic": "heuristic guidance",
+          "guide": "packaged trained guide"}
 
 
 def label(spec: str) -> str:
@@ -132,37 +196,39 @@ def label(spec: str) -> str:
     if spec in LABELS:
         return LABELS[spec]
     if spec.startswith("laplacian:"):
-        return f"Laplacian, mu = {spec.partition(':')[2]}"
-    return f"fuse_color, mu = {spec}"
+        return f"Laplacian (RGB), mu = {spec.partition(':')[2]}"
+    return f"mu = {spec}"
 
 
-#: (row label, method) of the paper's baseline rows
-BASELINES = tuple((label(m), m) for m in ("vis", "ir", "laplacian", "blend", "laplacian:0.5"))
+#: (row label, method) of the paper's baseline rows; :func:`method` builds them on one path
+BASELINES = tuple((label(m), m) for m in ("vis", "ir", "heuristic", "blend", "0.5"))
 
 
-def method(spec: str, levels: int = 4, backend: str | None = None, name: str = "spec") -> Fusion:
-    """The fusion named ``spec``:
+def method(spec: str, levels: int = 4, backend: str | None = None, name: str = "spec",
+           path: str = "color") -> Fusion:
+    """The fusion named ``spec``, its colour handled by ``path`` (a :data:`PATHS` key):
 
-    - ``"vis"`` / ``"ir"``: the visible / infrared image itself as the fused image;
-    - ``"laplacian"``: :func:`laplacian_fusion` with the heuristic guidance; ``"laplacian:c"`` with
-      ``mu = c``;
-    - ``"blend"``: the paper's heuristic per-pixel blend ``(1 - w) vis + w ir``, clamped;
-    - ``"heuristic"`` or a constant ``c`` in [0, 1]: :func:`colour_fusion` with that guidance;
-    - ``"guide"``: :func:`colour_fusion` with :func:`hfkernels.guidance.default_guidance` (the trained
-      guide shipped with the package, or the heuristic where none is installed).
+    - ``"vis"`` / ``"ir"``: the visible / infrared image itself as the fused image (no path);
+    - ``"heuristic"`` or a constant ``c`` in [0, 1]: :func:`pyramid` with that guidance;
+    - ``"guide"``: :func:`pyramid` with :func:`hfkernels.guidance.default_guidance` (the trained
+      guide shipped with the package, or the heuristic where none is installed);
+    - ``"blend"``: :func:`blend_fusion`, the paper's heuristic per-pixel blend;
+    - ``"laplacian"`` / ``"laplacian:c"``: the paper's Laplacian baseline by its name, i.e. the
+      heuristic (or ``mu = c``) always on the ``"rgb"`` path, whatever ``path`` says.
 
     Raises ValueError for anything else, TypeError for a non-string (messages call it ``name``).
     """
     if not isinstance(spec, str):
         raise TypeError(f"{name} must be a string, got {type(spec).__name__}")
+    check_path(path)
     if spec == "vis":
         return lambda vis, ir: vis
     if spec == "ir":
         return lambda vis, ir: ir
     if spec == "blend":
-        return _blend
+        return blend_fusion(path)
     if spec == "guide":
-        return colour_fusion(guidance.default_guidance(), levels, backend)
+        return pyramid(guidance.default_guidance(), levels, backend, path)
     if spec == "laplacian" or spec.startswith("laplacian:"):
         return laplacian_fusion(guidance.resolve(guidance.parse(spec.partition(":")[2] or guidance.HEURISTIC, name)), levels, backend)
     if spec != guidance.HEURISTIC:
@@ -171,7 +237,7 @@ def method(spec: str, levels: int = 4, backend: str | None = None, name: str = "
         except (TypeError, ValueError):
             raise ValueError(f"{name} must be one of {', '.join(METHODS)}, laplacian:c or a constant c "
                              f"in [0, 1], got {spec!r}") from None
-    return colour_fusion(guidance.resolve(guidance.parse(spec, name)), levels, backend)
+    return pyramid(guidance.resolve(guidance.parse(spec, name)), levels, backend, path)
 
 
 def fused_and_mu(fusion, vis, ir, own=None, want_mu: bool = True):
@@ -265,12 +331,14 @@ def means(rows: dict) -> dict:
 
 
 def format_table(rows: dict, names, first: str = "image") -> str:
-    """Fixed-width text table of ``{row label: {metric: value}}``."""
+    """Fixed-width text table of ``{row label: {metric: value}}`` (a missing or None value: a dash)."""
     w0 = max([len(first)] + [len(k) for k in rows])
     cols = [max(len(m), 9) for m in names]
     lines = [f"{first:<{w0}}  " + "  ".join(f"{m:>{c}}" for m, c in zip(names, cols))]
     for label, r in rows.items():
-        lines.append(f"{label:<{w0}}  " + "  ".join(f"{r[m]:>{c}.4f}" for m, c in zip(names, cols)))
+        # a metric a row does not have (e.g. one the paper did not report) shows as a dash
+        lines.append(f"{label:<{w0}}  " + "  ".join(f"{r[m]:>{c}.4f}" if r.get(m) is not None else f"{'—':>{c}}"
+                                                    for m, c in zip(names, cols)))
     return "\n".join(lines)
 
 
@@ -292,6 +360,7 @@ def dump_json(path, obj) -> None:
     write_output(path, (text + "\n").encode())
 
 
-__all__ = ["Pair", "pairs_from_files", "pairs_from_dataset", "Fusion", "guided_fusion", "colour_fusion", "laplacian_fusion", "method",
-           "METHODS", "LABELS", "label", "BASELINES", "fused_and_mu", "EvaluationError", "score", "means",
+__all__ = ["Pair", "pairs_from_files", "spread_indices", "pairs_from_dataset", "Fusion", "PATHS", "guided_fusion",
+           "colour_fusion", "laplacian_fusion", "pyramid", "blend_fusion", "check_path", "paths_of", "check_one_path",
+           "method", "METHODS", "LABELS", "label", "BASELINES", "fused_and_mu", "EvaluationError", "score", "means",
            "format_table", "json_safe", "dump_json"]

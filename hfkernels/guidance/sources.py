@@ -120,7 +120,8 @@ def describe_default() -> str:
     card = guide_card(SHIPPED_GUIDE)
     m, r = card["model"], card["recipe"]
     return (f"packaged trained guide '{SHIPPED_GUIDE}' ({m.get('preset')} {m.get('guide')} U-Net, "
-            f"{r['images']} training images in {r['train_seconds']:.0f} s on CPU); "
+            f"trained {r['train_seconds']:.0f} s on CPU: {r['images']} images seen over {r['epochs']} epoch "
+            "record(s), cut by time budgets); "
             "--mu heuristic for the hand-made map")
 
 

@@ -27,6 +27,7 @@ class TrainConfig:
     preset: str = "tiny"
     guide: str = DEFAULT_GUIDE_KIND  # "residual" (starts as the heuristic) or "scratch" (the paper's network)
     batch_size: int = 8
+    crop_size: int | None = 256  # train on random crops of at most this side, batch_size per batch (None: whole images)
     max_size: int | None = None  # downscale training images to this longer side (None: native)
     eval_max_size: int | None = None  # downscale test images too (None: evaluate at native resolution)
     time_budget: float | None = None  # seconds of training after which the run stops (None: no limit)
@@ -43,6 +44,8 @@ class TrainConfig:
     backend: str | None = None
     metrics: list | None = None  # metric names for the evaluation (None: the suite's default)
     eval_limit: int | None = None  # at most this many pairs per test set (None: all)
+    eval_pairs: int | None = 8  # pairs per test set scored after each epoch, spread over the set (None: all)
+    final_eval: bool = True  # score the full test sets once after the last epoch (the page reuses the scores)
     sheet_pairs: int = 4
     synthetic_pairs: int = 48
     synthetic_size: tuple = (96, 128)
@@ -65,6 +68,8 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
         d.setdefault("guide", GUIDE_OF_OLD_FILES)
+        # ... and on whole images, bucketed by size (see hfkernels.training.batches.epoch_batches)
+        d.setdefault("crop_size", None)
         if "synthetic_size" in d:
             d["synthetic_size"] = tuple(d["synthetic_size"])
         return cls(**d)
@@ -99,10 +104,13 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        for name in ("max_size", "eval_max_size"):
+        for name in ("max_size", "eval_max_size", "crop_size"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {v!r}")
+        v = self.eval_pairs
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"eval_pairs must be a positive int or None, got {v!r}")
         if self.lr <= 0 or self.clip <= 0:
             raise ValueError(f"lr and clip must be > 0, got lr={self.lr}, clip={self.clip}")
 

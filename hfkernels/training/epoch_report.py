@@ -46,13 +46,27 @@ def contact_sheet(path, ds, fusion, n_pairs: int, device, row_height: int = 128)
     return Path(path)
 
 
+def batches_text(r: dict) -> str:
+    """The batches an epoch record says it ran: "34 batches of 8, 1 of 3 (crops 256x256 x33, ...)"."""
+    sizes = r.get("batch_sizes")
+    if not sizes:
+        return f"{r.get('batches', '?')} batches"
+    parts = [f"{n} {'batches' if n != 1 else 'batch'} of {b}" if k == 0 else f"{n} of {b}"
+             for k, (b, n) in enumerate(sizes.items())]
+    crops = list((r.get("crop_sizes") or {}).items())
+    shape = ", ".join(f"{hw} x{n}" for hw, n in crops[:2]) + (f" and {len(crops) - 2} more" if len(crops) > 2 else "")
+    return ", ".join(parts) + (f" ({shape})" if shape else "")
+
+
 def epoch_line(r: dict) -> str:
     """The line logged after an epoch, from its history record."""
     ev = "; ".join(
         f"{name}: " + " ".join(f"{k} {v:.3f}" for k, v in list(vals.items())[:5]) for name, vals in r.get("eval", {}).items()
     )
-    return (f"epoch {r['epoch']}: loss {r['train_loss']:.4f}, {r['images']} images in {r['seconds']:.1f} s "
-            f"({r['images_per_second']:.1f} img/s){'; ' + ev if ev else ''}")
+    n_eval = sum(len(v) for v in r.get("eval_pairs", {}).values())
+    head = f"eval on {n_eval} pairs in {r.get('eval_seconds', 0):.0f} s, " if n_eval else ""
+    return (f"epoch {r['epoch']}: loss {r['train_loss']:.4f}, {r['images']} images in {batches_text(r)}, "
+            f"{r['seconds']:.1f} s ({r['images_per_second']:.1f} img/s){'; ' + head + ev if ev else ''}")
 
 
 def summary(run_dir: Path, history: list[dict]) -> str:
@@ -64,19 +78,31 @@ def summary(run_dir: Path, history: list[dict]) -> str:
     bp = run_dir / "baseline.json"
     if bp.is_file():
         base = read_json(bp).get("heuristic", {})
-    for set_name in (history[-1].get("eval", {}) if history else {}):
-        names = list(history[-1]["eval"][set_name])
+    last = history[-1] if history else None
+    final = (last or {}).get("final_eval") or {}
+    for set_name in (last.get("eval", {}) if last else {}):
+        names = list(last["eval"][set_name])
         show = [n for n in names if n in SUMMARY_METRICS] or names[:6]
-        lines.append(f"  {set_name}:  " + "".join(f"{n:>9}" for n in show))
+        n_sub = len(last.get("eval_pairs", {}).get(set_name, []))
+        lines.append(f"  {set_name}{f' ({n_sub} pairs each epoch)' if n_sub else ''}:  "
+                     + "".join(f"{n:>9}" for n in show))
         if set_name in base:
             lines.append(f"    {'heuristic':>10} " + "".join(f"{base[set_name].get(n, float('nan')):9.3f}" for n in show))
         for r in history:
             ev = r.get("eval", {}).get(set_name, {})
             lines.append(f"    {'epoch ' + str(r['epoch']):>10} " + "".join(f"{ev.get(n, float('nan')):9.3f}" for n in show))
-    last = history[-1] if history else None
+    for part in final.get("pairs", {}):
+        tr, he = final.get("trained", {}).get(part, {}), final.get("heuristic", {}).get(part, {})
+        show = [n for n in tr if n in SUMMARY_METRICS] or list(tr)[:6]
+        lines.append(f"  {part} (all {final['pairs'][part]} pairs, final):  " + "".join(f"{n:>9}" for n in show))
+        lines.append(f"    {'heuristic':>10} " + "".join(f"{he.get(n, float('nan')):9.3f}" for n in show))
+        lines.append(f"    {'trained':>10} " + "".join(f"{tr.get(n, float('nan')):9.3f}" for n in show))
     if last:
-        lines.append(f"  train loss {history[0]['train_loss']:.4f} (epoch {history[0]['epoch']}) -> "
-                     f"{last['train_loss']:.4f} (epoch {last['epoch']}); {last['images_per_second']:.1f} images/s")
+        first = history[0]
+        loss = (f"train loss {last['train_loss']:.4f} (epoch {last['epoch']})" if len(history) == 1 else
+                f"train loss {first['train_loss']:.4f} (epoch {first['epoch']}) -> "
+                f"{last['train_loss']:.4f} (epoch {last['epoch']})")
+        lines.append(f"  {loss}; {last['images_per_second']:.1f} images/s, {batches_text(last)}")
         lines.append(f"  checkpoint  {run_dir / ckpt.CHECKPOINT_JSON} (+ model-e{last['epoch']:04d}.safetensors)")
         lines.append(f"  history     {run_dir / 'history.json'}")
         if last.get("sheet"):
@@ -85,4 +111,4 @@ def summary(run_dir: Path, history: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["contact_sheet", "epoch_line", "summary"]
+__all__ = ["contact_sheet", "batches_text", "epoch_line", "summary"]

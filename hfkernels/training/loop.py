@@ -16,18 +16,27 @@ the paper's network, which starts at ``mu = 0.5``. The KL term regularises the n
 output in both (the logit for scratch, the correction for residual).
 
 ``time_budget`` (seconds) stops training after the first optimizer step past that much training
-time (forward, backward and optimizer steps, BatchNorm re-estimation; not evaluation or
-checkpoints), counted over the whole run including the epochs before a resume; the stopped epoch
+time (forward, backward and optimizer steps, BatchNorm re-estimation, for which the trainer
+stops early enough; not evaluation or checkpoints), counted over the whole run including the
+epochs before a resume; the stopped epoch
 is evaluated and checkpointed like a full one (``"stopped_by_budget": true`` in its record), and
 a resumed run starts the next epoch.
 
 Test sets are evaluated at their native resolution whatever ``max_size`` does to the training
 images (the published protocol); ``eval_max_size`` downscales them too, if wanted.
 
-After every epoch (on rank 0): evaluation of every test set with the metrics suite, a contact
-sheet, an atomic checkpoint and a record appended to ``RUN/history.json``. Under ``torchrun`` the
-model is wrapped in DistributedDataParallel (gloo on CPU, NCCL on CUDA) and each process takes
-its share of the batches.
+Batches: with ``crop_size`` (default 256) every batch holds ``batch_size`` random crops of one
+size (see :class:`hfkernels.training.batches.BatchLoader`); the record of each epoch says which batch sizes
+and crop sizes it used, and its images per second.
+
+After every epoch (on rank 0): evaluation of a fixed subset of every test set (``eval_pairs``
+pairs spread over the set, named in the record's ``eval_pairs``; the heuristic baseline is
+scored once on the same pairs), a contact sheet, an atomic checkpoint and a record appended to
+``RUN/history.json``. After the last epoch, the full test sets are scored once (``final_eval``;
+trained and heuristic guidance, the expected time printed first) into the last record's
+``final_eval``, and the results page reuses those scores. Under ``torchrun`` the model is wrapped
+in DistributedDataParallel (gloo on CPU, NCCL on CUDA) and each process takes its share of the
+batches.
 
 Set ``HFK_SAVE_RANK_WEIGHTS=1`` to make every process write ``RUN/rank<r>.safetensors`` with the
 weights it ended with (tests use it to check that DDP processes agree).
@@ -53,7 +62,7 @@ import torch
 
 from ..core.fusion import fuse_color, heuristic_guidance
 from ..core.losses import FusionLoss
-from ..evaluation import colour_fusion, means, pairs_from_dataset, score
+from ..evaluation import Pair, colour_fusion, means, pairs_from_dataset, score, spread_indices
 from ..guidance import checkpoint as ckpt
 from ..guidance import model_guidance
 from ..guidance.models import GuidanceUNet, count_parameters, forward_pair, kl_term
@@ -63,6 +72,11 @@ from .batches import BatchLoader
 from .config import BUDGET_EPOCHS, DEFAULT_OUT, TrainConfig
 from .distributed import Distributed
 from .synthetic import SyntheticPairs
+
+
+#: time of a no-gradient forward pass over that of a training step (forward, backward, optimizer),
+#: for reserving the BatchNorm re-estimation inside a time budget; measured about 0.3 on a CPU
+FORWARD_SHARE = 0.35
 
 
 def _print(*a, **k):
@@ -123,7 +137,11 @@ class Trainer:
         # name each test set by what it holds (e.g. "MSRS-test", "Harvard/CT-MRI+...")
         self.test_sets = [(getattr(ds, "name", label) or label, ds) for label, ds in tests]
         self.loader = BatchLoader(self.train_set, cfg.batch_size, self.device, cfg.cache, cfg.num_workers,
-                                  cfg.seed, True, self.dist.rank, self.dist.world)
+                                  cfg.seed, True, self.dist.rank, self.dist.world, crop=cfg.crop_size)
+        # the fixed per-epoch evaluation subset of each test set (the same pairs every epoch)
+        self.eval_subsets = {name: spread_indices(min(len(ds), cfg.eval_limit or len(ds)), cfg.eval_pairs)
+                             for name, ds in self.test_sets}
+        self.eval_rate = None  # seconds per megapixel of one fusion's evaluation, once measured
 
         torch.manual_seed(cfg.seed)  # identical initial weights in every process
         model = GuidanceUNet(in_channels=2, out_channels=2, preset=cfg.preset, guide=cfg.guide).to(self.device)
@@ -194,6 +212,8 @@ class Trainer:
         bar = tqdm(total=n_steps, desc=desc, unit="batch", leave=False,
                    disable=not (self.progress and self.dist.main), dynamic_ncols=True, file=sys.stderr)
         loss_sum, n_img, term_sums = 0.0, 0, {}
+        batch_sizes: dict[str, int] = {}  # images per batch -> batches, as run (not as asked)
+        crop_sizes: dict[str, int] = {}  # "HxW" of the batches -> batches
         stopped, done = False, 0
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
@@ -210,22 +230,33 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 if cfg.time_budget is not None:
-                    spent = self.trained_seconds() + time.perf_counter() - t0
+                    now = time.perf_counter() - t0
+                    # the BatchNorm re-estimation after the epoch is training time too: stop early
+                    # enough for it (forward only, no gradients: about a third of a step per batch)
+                    reserve = min(cfg.bn_batches, i + 1) * now / (i + 1) * FORWARD_SHARE
+                    spent = self.trained_seconds() + now + reserve
                     # every process must stop at the same step: any one past the budget stops all
                     stopped = self.dist.sum(float(spent >= cfg.time_budget))[0] > 0
             done = i + 1
             b = vis.shape[0]
             loss_sum += float(total.detach()) * b
             n_img += b
+            batch_sizes[str(b)] = batch_sizes.get(str(b), 0) + 1
+            hw = f"{vis.shape[-2]}x{vis.shape[-1]}"
+            crop_sizes[hw] = crop_sizes.get(hw, 0) + 1
             for k, v in terms.items():
                 term_sums[k] = term_sums.get(k, 0.0) + v * b
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / n_img:.4f}", img_s=f"{n_img / (time.perf_counter() - t0):.1f}")
+            bar.set_postfix(loss=f"{loss_sum / n_img:.4f}", batch=f"{b}x{hw}",
+                            img_s=f"{n_img / (time.perf_counter() - t0):.1f}")
             if stopped:
                 break
         bar.close()
+        t_bn = time.perf_counter()
         if cfg.bn_batches > 0:
-            self.recalibrate_batchnorm(epoch)
+            # no more batches than the epoch trained: a short (budget-cut) epoch stays short
+            self.recalibrate_batchnorm(epoch, min(cfg.bn_batches, done))
+        t_bn = time.perf_counter() - t_bn
         self.dist.average_buffers(self.model)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -236,7 +267,10 @@ class Trainer:
         record = {"epoch": epoch, "train_loss": loss_sum / n_total, "seconds": seconds,
                   "images": int(n_total), "images_per_second": n_total / seconds, "batches": done,
                   "optimizer_steps": -(-done // cfg.accum),
-                  "loss_terms": terms}
+                  # this process's batches (every process runs as many, of the same sizes but the last)
+                  "batch_sizes": dict(sorted(batch_sizes.items(), key=lambda kv: -int(kv[0]))),
+                  "crop_sizes": dict(sorted(crop_sizes.items(), key=lambda kv: -kv[1])),
+                  "loss_terms": terms, "batchnorm_seconds": t_bn}
         if stopped:
             record["stopped_by_budget"] = True
         return record
@@ -250,15 +284,16 @@ class Trainer:
         return b is not None and self.trained_seconds() >= b
 
     @torch.no_grad()
-    def recalibrate_batchnorm(self, epoch: int) -> None:
+    def recalibrate_batchnorm(self, epoch: int, batches: int | None = None) -> None:
         """Re-estimate the BatchNorm running statistics of the current weights.
 
         The running averages (momentum 0.1) mix statistics of weights from many steps ago; after a
         short run (the paper's "2 epochs") they lag far behind the weights, and the network in
         eval mode predicts a nearly flat ``mu``. So after each epoch, forward (no gradients)
-        ``bn_batches`` training batches and store their plain average (momentum None). Only the
-        buffers used at inference change; training itself is unaffected.
+        ``batches`` (default ``bn_batches``) training batches and store their plain average
+        (momentum None). Only the buffers used at inference change; training itself is unaffected.
         """
+        batches = self.cfg.bn_batches if batches is None else batches
         model = self.model
         bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         if not bns:
@@ -269,7 +304,7 @@ class Trainer:
             m.momentum = None  # cumulative average over the batches below
         model.train()
         for k, (_, vis, ir) in enumerate(self.loader.epoch(epoch)):
-            if k >= self.cfg.bn_batches:
+            if k >= batches:
                 break
             forward_pair(model, vis, ir)
         for m, (mom, n) in zip(bns, saved):
@@ -278,13 +313,68 @@ class Trainer:
 
     # ----------------------------------------------------------------- evaluation
     def evaluate(self, guidance=None) -> dict:
-        """Metric means per test set: ``{set: {metric: mean}}`` of the colour fusion with
-        ``guidance`` (``f(vis, ir) -> mu``; default: the model in eval mode)."""
+        """Metric means per test set over its per-epoch subset (:meth:`eval_pairs`):
+        ``{set: {metric: mean}}`` of the colour fusion with ``guidance`` (``f(vis, ir) -> mu``;
+        default: the model in eval mode). Measures :attr:`eval_rate` on the way."""
         guidance = self.guidance_fn() if guidance is None else guidance
         fusion = {"f": colour_fusion(guidance, self.cfg.levels, self.cfg.backend)}
-        return {name: means(score(pairs_from_dataset(ds, self.cfg.eval_limit), fusion, self.cfg.metrics,
-                                  device=self.device)["f"])
-                for name, ds in self.test_sets}
+        out, t0, mpx = {}, time.perf_counter(), 0.0
+        for name, ds in self.test_sets:
+            idx = self.eval_subsets[name]
+            labels = self.pair_labels(ds, idx)
+            # set-qualified names: a joined set (Harvard) may hold one file name twice
+            pairs = [Pair(lab, p.load) for lab, p in zip(labels, pairs_from_dataset(ds, indices=idx))]
+            out[name] = means(score(pairs, fusion, self.cfg.metrics, device=self.device)["f"])
+            mpx += sum(ds.sizes[i][0] * ds.sizes[i][1] for i in idx) / 1e6
+        if mpx > 0:
+            self.eval_rate = (time.perf_counter() - t0) / mpx
+        return out
+
+    @staticmethod
+    def pair_labels(ds, indices) -> list[str]:
+        """``SET/FILE`` names of the pairs at ``indices`` of a test set (file names alone for a
+        set without files)."""
+        sets, pairs = getattr(ds, "sets", None), getattr(ds, "pairs", None)
+        if not sets or not pairs:
+            return [str(ds.names[i]) for i in indices]
+        by_dir = {Path(s.vis_dir): s.name for s in sets}
+        return [f"{by_dir.get(Path(pairs[i][0]).parent, Path(pairs[i][0]).parent.name)}/{ds.names[i]}"
+                for i in indices]
+
+    def eval_pairs(self) -> dict:
+        """``{test set: [SET/FILE, ...]}``: the pairs each epoch's evaluation scores."""
+        return {name: self.pair_labels(ds, self.eval_subsets[name]) for name, ds in self.test_sets}
+
+    def final_estimate(self) -> tuple[int, float | None]:
+        """``(pairs, seconds or None)`` the final evaluation will score and about how long it
+        takes (two fusions; from :attr:`eval_rate`, None before any evaluation ran)."""
+        limit = self.cfg.eval_limit
+        sizes = [s for _, ds in self.test_sets for s in ds.sizes[:limit]]
+        mpx = sum(h * w for h, w in sizes) / 1e6
+        return len(sizes), (2 * self.eval_rate * mpx if self.eval_rate is not None else None)
+
+    def final_evaluation(self) -> list:
+        """Score the trained and the heuristic guidance on every pair of the test sets (native
+        resolution; pictures for the results page kept on the way), record the means in the last
+        history record (``final_eval``) and return the :class:`hfkernels.evaluation.report.ReportSet` list."""
+        from ..evaluation.report import training_sets
+
+        n, est = self.final_estimate()
+        when = f"about {est:.0f} s (from the per-epoch evaluation's pace)" if est is not None else "time unknown"
+        self.log(f"final evaluation: {n} test pairs x 2 fusions (trained, heuristic), {when}; "
+                 "--no-final-eval skips it")
+        t0 = time.perf_counter()
+        sets = training_sets(self, self.cfg.report_limit if self.cfg.report else 0, progress=self.progress)
+        seconds = time.perf_counter() - t0
+        labels = list(sets[0].fusions) if sets else []
+        final = {"seconds": seconds, "pairs": {s.name: len(s.pairs) for s in sets}}
+        for key, label in zip(("trained", "heuristic"), labels):
+            final[key] = {s.name: means(s.scores[label]) for s in sets}
+        if self.history:
+            self.history[-1]["final_eval"] = final
+            atomic_write_json(self.run_dir / "history.json", self.history)
+        self.log(f"final evaluation done in {seconds:.0f} s")
+        return sets
 
     def guidance_fn(self):
         """The model's guidance ``f(vis, ir) -> mu`` (eval mode, as trained: bf16 on CUDA)."""
@@ -310,6 +400,7 @@ class Trainer:
         self.log(
             f"training {cfg.preset} {cfg.guide} U-Net ({nparams:,} parameters) on {len(self.train_set)} pairs of "
             f"{getattr(self.train_set, 'name', 'data')} ({size_txt}), batch {cfg.batch_size}"
+            f"{f' (random crops of up to {cfg.crop_size}x{cfg.crop_size})' if cfg.crop_size else ' (whole images)'}"
             f"{f' x {cfg.accum} accumulated' if cfg.accum > 1 else ''}"
             f"{f' x {self.dist.world} processes' if self.dist.world > 1 else ''}, on {self.device}"
             f"{' (bf16 autocast)' if self.device.type == 'cuda' else ''}"
@@ -324,8 +415,19 @@ class Trainer:
                      f"(--time-budget {cfg.time_budget:g}); nothing to do")
             return self.history
         baseline_path = self.run_dir / "baseline.json"
-        if self.dist.main and cfg.baseline and self.test_sets and not baseline_path.is_file():
-            atomic_write_json(baseline_path, {"heuristic": self.evaluate(heuristic_guidance)})
+        eval_pairs = self.eval_pairs()
+        if self.dist.main and self.test_sets:
+            n_eval = sum(len(v) for v in eval_pairs.values())
+            if cfg.baseline and (not baseline_path.is_file()
+                                 or read_json(baseline_path).get("pairs") != eval_pairs):
+                atomic_write_json(baseline_path, {"heuristic": self.evaluate(heuristic_guidance),
+                                                       "pairs": eval_pairs})
+            mpx = sum(ds.sizes[i][0] * ds.sizes[i][1] for n, ds in self.test_sets for i in self.eval_subsets[n]) / 1e6
+            each = f"about {self.eval_rate * mpx:.0f} s" if self.eval_rate is not None else "time not measured yet"
+            n_final, est = self.final_estimate()
+            self.log(f"evaluation: after each epoch {n_eval} test pairs ({each}; --eval-pairs, listed in history.json); "
+                     + (f"after the last, all {n_final} (about {est:.0f} s; --no-final-eval)" if cfg.final_eval and est
+                        else f"after the last, all {n_final}" if cfg.final_eval else "no final evaluation"))
         self.dist.barrier()
         t_run = time.perf_counter()
         for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
@@ -333,6 +435,7 @@ class Trainer:
             if self.dist.main:
                 t1 = time.perf_counter()
                 record["eval"] = self.evaluate() if self.test_sets else {}
+                record["eval_pairs"] = eval_pairs
                 sheet = self.contact_sheet(self.run_dir / "sheets" / f"epoch_{epoch:04d}.png")
                 record["eval_seconds"] = time.perf_counter() - t1
                 record["sheet"] = str(sheet.relative_to(self.run_dir)) if sheet else None
@@ -355,11 +458,14 @@ class Trainer:
 
             atomic_write_bytes(self.run_dir / f"rank{self.dist.rank}.safetensors",
                                     st_save(ckpt.model_tensors(self.model)))
+        sets = None
+        if self.dist.main and cfg.final_eval and self.test_sets:
+            sets = self.final_evaluation()
         if self.dist.main and cfg.report:
             from ..evaluation.report import training_report
 
             t_rep = time.perf_counter()
-            page = training_report(self, cfg.report_limit, progress=self.progress)
+            page = training_report(self, cfg.report_limit, progress=self.progress, sets=sets)
             if page is not None:
                 self.log(f"results page {page} ({time.perf_counter() - t_rep:.1f} s)")
         if self.dist.main:

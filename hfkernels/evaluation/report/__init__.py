@@ -41,6 +41,7 @@ from ..scoring import (
     pairs_from_dataset,
     pairs_from_files,
     score,
+    spread_indices,
 )
 from .images import crop_geometry, differ_most, save_crop, save_full_and_thumb
 from .page import Picture, SectionView, ShownPair, render
@@ -173,11 +174,7 @@ def score_pairs(pairs, fusions: dict, metrics=None, protocol: str = "paper", dev
 def shown_indices(n: int, limit: int | None) -> list[int]:
     """The pairs that get pictures: all, or ``limit`` of them spread evenly over the set (first
     and every ``n/limit``-th), so a bounded page still samples the whole set."""
-    if limit is None or limit >= n:
-        return list(range(n))
-    if isinstance(limit, bool) or int(limit) < 0:
-        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
-    return sorted({i * n // int(limit) for i in range(int(limit))})
+    return spread_indices(n, limit)
 
 
 def _check_out(out_dir: Path, overwrite: bool) -> None:
@@ -338,19 +335,20 @@ def write_report(out_dir, sets: list[ReportSet], *, title: str = "hfkernels resu
     return index
 
 
-def training_report(trainer, limit: int | None = None, progress: bool = False) -> Path | None:
-    """The page of a finished training run, in ``RUN/report/``: its trained guidance and the
-    heuristic guidance (both through ``fuse_color``) on each test set, scored at the files'
-    native resolution with the published protocol, plus the run's per-epoch curves.
+def training_sets(trainer, limit: int | None = None, progress: bool = False, subset: bool = False) -> list[ReportSet]:
+    """Score a finished training run on its test sets: its trained guidance and the heuristic
+    guidance (both through ``fuse_color``), at the files' native resolution with the published
+    protocol, one :class:`ReportSet` per pair set, pictures of up to ``limit`` pairs per set
+    written on the way (0: none).
 
-    ``trainer``: a :class:`hfkernels.train.Trainer` after :meth:`~hfkernels.train.Trainer.fit`.
-    At most ``trainer.cfg.eval_limit`` pairs per set are scored. Returns None without test sets.
+    ``trainer``: a :class:`hfkernels.training.Trainer` after its epochs. At most
+    ``trainer.cfg.eval_limit`` pairs per set are scored; ``subset``: only the pairs of its
+    per-epoch evaluation. The run's final evaluation calls this once, and :func:`training_report`
+    writes the page from its result.
     """
-    from ...io import read_json
     from ...io.datasets import PairDataset
+
     cfg = trainer.cfg
-    if not trainer.test_sets:
-        return None
     epoch = trainer.history[-1]["epoch"] if trainer.history else 0
     fusions = {f"trained guidance (epoch {epoch})": colour_fusion(trainer.guidance_fn(), cfg.levels, cfg.backend),
                "heuristic guidance": colour_fusion(heuristic_guidance, cfg.levels, cfg.backend)}
@@ -358,18 +356,44 @@ def training_report(trainer, limit: int | None = None, progress: bool = False) -
     for name, ds in trainer.test_sets:
         # score the files at their own resolution (the published protocol), one section per set
         parts = [(s.name, PairDataset(s, split="test")) for s in ds.sets] if hasattr(ds, "sets") else [(name, ds)]
+        wanted = set(trainer.eval_pairs()[name]) if subset else None
         for set_name, part in parts:
-            pairs = pairs_from_dataset(part, cfg.eval_limit)
+            n = min(len(part), cfg.eval_limit) if cfg.eval_limit is not None else len(part)
+            idx = range(n)
+            if wanted is not None:
+                labels = trainer.pair_labels(part, idx) if hasattr(part, "sets") else [part.names[i] for i in idx]
+                idx = [i for i, lab in zip(idx, labels) if lab in wanted]
+            pairs = pairs_from_dataset(part, indices=list(idx))
             if not pairs:
                 continue
             # the shown pairs' pictures are written as they are scored: each fusion runs once
-            pics = ReportPictures(trainer.run_dir / "report", pairs, fusions, limit, overwrite=True)
+            pics = (ReportPictures(trainer.run_dir / "report", pairs, fusions, limit, overwrite=True)
+                    if limit != 0 else None)
             scores = score_pairs(pairs, fusions, cfg.metrics, "paper", trainer.device, progress, pictures=pics)
             src = [set_name] + ([str(s.vis_dir) for s in part.sets] if hasattr(part, "sets") else [])
             sets.append(ReportSet(set_name, pairs, fusions, scores, list(next(iter(scores.values()))[pairs[0].name]),
-                                  paper_key=paper_dataset(*src), pictures=pics))
+                                  paper_key=paper_dataset(*src), pictures=pics,
+                                  note="" if wanted is None else "The run's per-epoch evaluation subset only "
+                                       "(the run skipped its final evaluation of the full test sets)."))
+    return sets
+
+
+def training_report(trainer, limit: int | None = None, progress: bool = False, sets=None) -> Path | None:
+    """The page of a finished training run, in ``RUN/report/``: ``sets`` (the
+    :func:`training_sets` of its final evaluation; None: score the per-epoch subset now, as a run
+    without a final evaluation does), plus the run's per-epoch curves. Returns None without
+    test sets."""
+    from ...io import read_json
+
+    cfg = trainer.cfg
+    if not trainer.test_sets:
+        return None
+    full = sets is not None
+    if sets is None:
+        sets = training_sets(trainer, limit, progress=progress, subset=True)
     if not sets:
         return None
+    epoch = trainer.history[-1]["epoch"] if trainer.history else 0
     hist = trainer.run_dir / "history.json"
     base = trainer.run_dir / "baseline.json"
     return write_report(
@@ -377,7 +401,8 @@ def training_report(trainer, limit: int | None = None, progress: bool = False) -
         history=read_json(hist) if hist.is_file() else trainer.history,
         baseline=read_json(base) if base.is_file() else None, limit=limit, overwrite=True,
         device=trainer.device,
-        meta=[f"{cfg.preset} U-Net, {epoch} epoch(s); test pairs scored at native resolution"],
+        meta=[f"{cfg.preset} U-Net, {epoch} epoch(s); test pairs scored at native resolution"
+              + ("" if full else "; only the per-epoch evaluation subset")],
         progress=progress)
 
 
@@ -399,5 +424,5 @@ def history_of(run) -> tuple[list | None, dict | None]:
 
 
 __all__ = ["ReportPair", "ReportSet", "ReportPictures", "pairs_from_jobs", "pairs_from_dataset", "fused_and_mu",
-           "score_pairs", "shown_indices", "write_report", "training_report", "history_of", "paper_dataset",
+           "score_pairs", "shown_indices", "write_report", "training_sets", "training_report", "history_of", "paper_dataset",
            "PAPER_ROWS", "ASSETS"]

@@ -60,22 +60,52 @@ def crop_geometry(h: int, w: int) -> tuple[int, int]:
     return side, zoom
 
 
+#: luma beyond which a pixel counts as blown out (or crushed) in a fusion
+SATURATED = (0.03, 0.92)
+
+
+#: added to the local mean in the contrast ratio, so that near-black areas do not dominate
+WEBER_FLOOR = 0.1
+
+
+def _detail(y: torch.Tensor) -> torch.Tensor:
+    """(K, 1, H, W) local contrast: luma minus its 5x5 mean, over that mean (plus
+    :data:`WEBER_FLOOR`): the structure, without the brightness, as the eye weighs it (the same
+    step reads larger in shadow than beside a lamp)."""
+    pad = min(2, y.shape[-2] - 1, y.shape[-1] - 1)
+    if pad < 1:
+        mean = y.mean(dim=(-2, -1), keepdim=True)
+    else:
+        mean = F.avg_pool2d(F.pad(y, (pad,) * 4, mode="replicate"), 2 * pad + 1, stride=1)
+    return (y - mean) / (mean + WEBER_FLOOR)
+
+
 def differ_most(images: list[torch.Tensor], side: int) -> tuple[int, int]:
-    """Top-left (y, x) of the ``side`` x ``side`` window where ``images`` disagree most.
+    """Top-left (y, x) of the ``side`` x ``side`` window where ``images`` differ most in structure.
 
     Args:
         images: two or more (1, C, H, W) tensors of one size (C may differ: luma is compared).
-    The disagreement of a pixel is the standard deviation of the images' luma there; the window
-    with the largest mean disagreement wins (the first one on ties, scanning rows then columns).
+    The disagreement of a pixel is the standard deviation across the images of their local
+    contrast (:func:`_detail`), so a window where one fusion is only brighter (a blown-out lamp,
+    a flat sky) does not win; pixels saturated in any image (luma outside
+    :data:`SATURATED`) count as no disagreement, and a window's score is its mean disagreement
+    times the squared share of unsaturated pixels in it. The best window wins (the first one on
+    ties, scanning rows then columns).
     """
     if len(images) < 2:
         raise ValueError(f"differ_most needs at least 2 images, got {len(images)}")
     stack = torch.cat([_luma(t).cpu() for t in images], dim=0)  # (K, 1, H, W)
-    spread = stack.std(dim=0, keepdim=True)  # (1, 1, H, W)
+    spread = _detail(stack).std(dim=0, keepdim=True)  # (1, 1, H, W)
     h, w = spread.shape[-2:]
     side = min(side, h, w)
+    lo, hi = SATURATED
+    sat = ((stack < lo) | (stack > hi)).any(dim=0, keepdim=True)
+    # saturated pixels count as no disagreement, and a window is discounted by the share of
+    # them it holds: a lamp and its halo differ between fusions in brightness, not in structure
+    spread = spread.masked_fill(sat, 0)
     stride = max(1, side // 4)
-    score = F.avg_pool2d(spread, side, stride=stride)  # (1, 1, h', w')
+    clear = (1 - F.avg_pool2d(sat.float(), side, stride=stride)) ** 2
+    score = F.avg_pool2d(spread, side, stride=stride) * clear  # (1, 1, h', w')
     k = int(torch.argmax(score.flatten()))
     wx = score.shape[-1]
     return (k // wx) * stride, (k % wx) * stride

@@ -123,7 +123,10 @@ svg .pt{font-size:13px;font-weight:600;fill:#222}svg .pn{font-size:11px;font-wei
 svg .tick{font-size:10px;fill:#555}svg .lab{font-size:11px;fill:#333}svg .reflab{font-size:10px;fill:#444}
 svg .grid{stroke:#eee}
 .sortbar{margin:8px 0;display:flex;gap:14px;align-items:center;flex-wrap:wrap}
+.tablebox{overflow:auto;max-height:calc(100vh - 24px);max-width:100%;border:1px solid var(--line)}
 table.pairs thead th{position:sticky;top:0;z-index:2;box-shadow:0 1px 0 var(--line)}
+table.pairs th,table.pairs td{padding:3px 4px}
+table.pairs td.fl{white-space:normal;min-width:6em;max-width:9em}
 table.pairs th button{font:inherit;font-weight:600;border:0;background:none;cursor:pointer;padding:0;color:#0645ad}
 table.pairs th.on button{color:#000;text-decoration:underline}
 table.pairs th .arr{color:#000}
@@ -371,37 +374,59 @@ def pairs_table(sec: SectionView) -> str:
            f'<label>sort by the values of <select class="sortf">{options}</select></label></div>')
     more = (f'<p class="more"><button type="button" class="more">show {PAGE_PAIRS} more</button> '
             f'<span class="count"></span></p>' if len(sec.images) > PAGE_PAIRS else "")
-    return (f'<div class="pairwrap">{bar}<table class="pairs" id="pairs-{sec.anchor}">{head}</table>{more}'
+    # the table scrolls inside its own box, so that every metric column stays reachable however
+    # many there are (at 1400 px the page cut SSIM and SD off) and the header stays in view
+    return (f'<div class="pairwrap">{bar}<div class="tablebox"><table class="pairs" id="pairs-{sec.anchor}">'
+            f'{head}</table></div>{more}'
             f'<script type="application/json" id="data-{sec.anchor}">{_script_json(pairs_data(sec))}</script>'
             '<noscript><p class="note">The per-image table needs JavaScript.</p></noscript></div>')
 
 
 def training_block(history: list, baseline: dict) -> str:
-    """Per-epoch curves: training loss, then every evaluated metric of every test set with the
-    heuristic guidance's value as a dashed line."""
+    """The run's per-epoch record, after the evaluation: per test set a table of its per-epoch
+    scores (the heuristic guidance's first), and from two epochs on the curves: training loss,
+    then every evaluated metric with the heuristic guidance's value as a dashed line."""
     if not history:
         return ""
-    out = ['<section id="training"><h2>Training run</h2><p class="note">One point per epoch, from the run\'s '
-           'history. Dashed line: the heuristic guidance on the same test set (evaluated once, before training).</p>'
-           '<div class="plots">']
-    out.append(curve_svg("training loss", [(r["epoch"], float(r.get("train_loss", float("nan")))) for r in history]))
     sets: list[str] = []
     for r in history:
         for s in r.get("eval", {}) or {}:
             if s not in sets:
                 sets.append(s)
     base = (baseline or {}).get("heuristic", {}) if isinstance(baseline, dict) else {}
+    n_pairs = {s: len(v) for s, v in (history[-1].get("eval_pairs") or {}).items()}
+    out = ['<section id="training"><h2>Training run</h2><p class="note">From the run\'s history: after each '
+           'epoch the guidance was scored on a fixed subset of each test set (the pairs history.json names), the '
+           'heuristic guidance once on the same pairs. The sections above score the full test sets.</p>']
+    names_of = {}
     for s in sets:
         names: list[str] = []
         for r in history:
             for m in (r.get("eval", {}) or {}).get(s, {}):
                 if m not in names:
                     names.append(m)
-        for m in names:
-            pts = [(r["epoch"], float(r["eval"][s][m])) for r in history if m in (r.get("eval", {}) or {}).get(s, {})]
-            refs = [("heuristic", float(base[s][m]))] if m in base.get(s, {}) else []
-            out.append(curve_svg(f"{s}: {m}", pts, refs))
-    out.append("</div></section>")
+        names_of[s] = names
+        rows = ([("heuristic", base[s])] if s in base else []) + [
+            (f"epoch {r['epoch']}", (r.get("eval", {}) or {}).get(s, {})) for r in history]
+        sub = f" ({n_pairs[s]} pairs)" if s in n_pairs else ""
+        out.append(f'<h3>{escape(s)}{escape(sub)}</h3><table class="epochs"><thead><tr><th class="l">guidance</th>'
+                   + "".join(f"<th>{escape(m)}</th>" for m in names) + "<th>train loss</th></tr></thead><tbody>")
+        loss = {f"epoch {r['epoch']}": r.get("train_loss") for r in history}
+        for label, vals in rows:
+            out.append(f'<tr><td class="l">{escape(label)}</td>'
+                       + "".join(f"<td>{fmt(vals.get(m))}</td>" for m in names)
+                       + f"<td>{fmt(loss.get(label))}</td></tr>")
+        out.append("</tbody></table>")
+    if len(history) >= 2:  # a curve needs two points; one epoch is all in the tables
+        out.append('<h3>Per epoch</h3><p class="note">Dashed line: the heuristic guidance.</p><div class="plots">')
+        out.append(curve_svg("training loss", [(r["epoch"], float(r.get("train_loss", float("nan")))) for r in history]))
+        for s in sets:
+            for m in names_of[s]:
+                pts = [(r["epoch"], float(r["eval"][s][m])) for r in history if m in (r.get("eval", {}) or {}).get(s, {})]
+                refs = [("heuristic", float(base[s][m]))] if m in base.get(s, {}) else []
+                out.append(curve_svg(m, pts, refs, subtitle=s))
+        out.append("</div>")
+    out.append("</section>")
     return "".join(out)
 
 
@@ -416,8 +441,6 @@ def render(title: str, meta: list[str], sections: list[SectionView], history=Non
              f"<h1>{escape(title)}</h1>"]
     parts += [f'<p class="meta">{escape(line)}</p>' for line in meta]
     parts.append(f"<nav>{nav}</nav>")
-    if history:
-        parts.append(training_block(history, baseline))
     for s in sections:
         n_shown = len(s.shown)
         parts.append(f'<section id="{s.anchor}"><h2>{escape(s.name)}</h2>')
@@ -440,6 +463,8 @@ def render(title: str, meta: list[str], sections: list[SectionView], history=Non
                      'most, magnified with nearest-neighbour. Bold: the best fusion for that image.</p>')
         parts.append(pairs_table(s))
         parts.append("</section>")
+    if history:  # how the run got there comes after what it gives
+        parts.append(training_block(history, baseline))
     parts.append(f"<script>{JS}</script></body></html>")
     return "\n".join(parts)
 

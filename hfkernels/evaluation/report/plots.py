@@ -26,6 +26,22 @@ def _fmt(v: float) -> str:
     return f"{v:.0f}" if a >= 1000 else f"{v:.3g}" if a >= 0.01 else f"{v:.2e}"
 
 
+def tick_labels(ticks: list[float]) -> list[str]:
+    """Labels of ``ticks`` with just enough decimals to tell neighbours apart (3 significant
+    digits would print 0.6405, 0.641 and 0.6415 all as "0.641")."""
+    labels = [_fmt(t) for t in ticks]
+    if len(set(labels)) == len(labels) or len(ticks) < 2:
+        return labels
+    step = min(abs(b - a) for a, b in zip(ticks, ticks[1:])) or 1.0
+    decimals = max(0, -math.floor(math.log10(step)))
+    while decimals < 12:
+        labels = [f"{t:.{decimals}f}" for t in ticks]
+        if len(set(labels)) == len(labels):
+            break
+        decimals += 1
+    return labels
+
+
 def nice_ticks(lo: float, hi: float, count: int = 4) -> list[float]:
     """About ``count`` round tick values covering [lo, hi]."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -76,10 +92,11 @@ def distribution_svg(metric: str, series: list[tuple[str, list[float]]], higher_
     out = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" '
            f'viewBox="0 0 {width} {h}" role="img" aria-label="{escape(metric)} distribution">',
            f'<text x="{left}" y="15" class="pt">{escape(metric)} <tspan class="pn">({arrow})</tspan></text>']
-    for t in nice_ticks(lo, hi):
+    ticks = nice_ticks(lo, hi)
+    for t, lab in zip(ticks, tick_labels(ticks)):
         x = sx(t)
         out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{h - bottom + 2}" class="grid"/>')
-        out.append(f'<text x="{x:.1f}" y="{h - bottom + 15}" class="tick" text-anchor="middle">{_fmt(t)}</text>')
+        out.append(f'<text x="{x:.1f}" y="{h - bottom + 15}" class="tick" text-anchor="middle">{lab}</text>')
     for i, ((label, vals), fin) in enumerate(zip(series, finite)):
         cy = top + row_h * i + row_h / 2
         c = series_colour(i)
@@ -118,16 +135,21 @@ def distribution_svg(metric: str, series: list[tuple[str, list[float]]], higher_
 
 
 def curve_svg(title: str, points: list[tuple[float, float]], refs: list[tuple[str, float]] = (),
-              width: int = 260, height: int = 170, line_colour: str = PALETTE[0]) -> str:
+              width: int = 260, height: int = 170, line_colour: str = PALETTE[0], subtitle: str = "") -> str:
     """A line through ``(epoch, value)`` points, with each ``(label, value)`` of ``refs`` as a
-    dashed horizontal line (e.g. the heuristic guidance's score)."""
-    top, bottom, left, right = 24, 34, 46, 10
+    dashed horizontal line (e.g. the heuristic guidance's score). ``title`` (the metric) comes
+    first and whole; ``subtitle`` (the test set) below it, shortened to fit (whole as a tooltip)."""
+    top, bottom, left, right = 36 if subtitle else 24, 34, 52, 10
     pts = [(x, y) for x, y in points if math.isfinite(y)]
     ys = [y for _, y in pts] + [v for _, v in refs if math.isfinite(v)]
     xs = [x for x, _ in pts]
+    room = max(8, (width - 8) // 6)  # characters of 11 px text that fit the width
+    short = subtitle if len(subtitle) <= room else subtitle[:room - 1] + "…"
     out = [f'<svg class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
-           f'<text x="{left}" y="15" class="pt">{escape(title)}</text>']
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)} {escape(subtitle)}">',
+           f'<text x="8" y="15" class="pt">{escape(title)}</text>']
+    if subtitle:
+        out.append(f'<text x="8" y="28" class="pn"><title>{escape(subtitle)}</title>{escape(short)}</text>')
     if not ys:
         out.append(f'<text x="{left}" y="{height / 2:.0f}" class="pn">no values</text></svg>')
         return "".join(out)
@@ -138,10 +160,11 @@ def curve_svg(title: str, points: list[tuple[float, float]], refs: list[tuple[st
     if x1 == x0:
         x0, x1 = x0 - 1, x1 + 1
     sx, sy = _scale(x0, x1, left, width - right), _scale(lo, hi, height - bottom, top)
-    for t in nice_ticks(lo, hi, 3):
+    ticks = nice_ticks(lo, hi, 3)
+    for t, lab in zip(ticks, tick_labels(ticks)):
         y = sy(t)
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" class="grid"/>')
-        out.append(f'<text x="{left - 4}" y="{y + 4:.1f}" class="tick" text-anchor="end">{_fmt(t)}</text>')
+        out.append(f'<text x="{left - 4}" y="{y + 4:.1f}" class="tick" text-anchor="end">{lab}</text>')
     for t in nice_ticks(x0, x1, 5):
         if abs(t - round(t)) < 1e-9 and x0 <= t <= x1:
             out.append(f'<text x="{sx(t):.1f}" y="{height - bottom + 15}" class="tick" '
@@ -167,4 +190,4 @@ def curve_svg(title: str, points: list[tuple[float, float]], refs: list[tuple[st
     return "".join(out)
 
 
-__all__ = ["PALETTE", "MAX_POINTS", "series_colour", "nice_ticks", "quantile", "distribution_svg", "curve_svg"]
+__all__ = ["PALETTE", "MAX_POINTS", "series_colour", "tick_labels", "nice_ticks", "quantile", "distribution_svg", "curve_svg"]
