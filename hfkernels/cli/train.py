@@ -47,8 +47,9 @@ def register(sub):
                         "downscaling); test sets stay at native resolution")
     p.add_argument("--eval-max-size", type=int, help="downscale test images too (default: native resolution)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
-                   help="stop after the first optimizer step past this much training time, then evaluate and "
-                        "checkpoint; --epochs still caps the run if given. Not counted: the per-epoch evaluation "
+                   help="stop after the first optimizer step past this much training time (the steps and the "
+                        "BatchNorm re-estimation after each epoch), then evaluate and checkpoint; --epochs still "
+                        "caps the run if given. Not counted: the per-epoch evaluation "
                         "of --eval-pairs pairs and the final one of the full test sets (both announced with "
                         "their expected time)")
     p.add_argument("--device", help="cpu | cuda (default: cuda if available)")
