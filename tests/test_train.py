@@ -293,7 +293,7 @@ def test_epoch_eval_subset_final_eval_and_page_reuse(tmp_path, capsys, monkeypat
     """Each epoch scores a fixed, recorded subset; the full test set is scored once at the end
     (its expected time printed first) and the results page reuses those scores."""
     import hfkernels.evaluation.report as report
-    from hfkernels.synthetic import write_pairs
+    from hfkernels.training.synthetic import write_pairs
 
     write_pairs(tmp_path / "train", 6, (40, 60), seed=1)
     write_pairs(tmp_path / "test", 5, (44, 64), seed=2)
