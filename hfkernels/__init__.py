@@ -38,6 +38,8 @@ _LAZY = {
     "FusionLoss": ("core.losses", "FusionLoss"),
     "metrics": ("metrics", None),
     "models": ("guidance.models", None),
+    "fuse_video": ("video", "fuse_video"),
+    "video": ("video", None),
 }
 
 

@@ -143,9 +143,12 @@ def fuse_color(vis_rgb, ir, mu=None, levels: int = 4, *, backend: str | None = N
     ir_y = ref.luma(ir)
     if vis_rgb.shape[1] == 1:
         return fuse(vis_rgb, ir_y, mu, levels, backend=backend, check=check).clamp(0, 1)
-    ycc = ref.rgb_to_ycbcr(vis_rgb)
-    y = fuse(ycc[:, :1], ir_y, mu, levels, backend=backend, check=check)
-    return ref.ycbcr_to_rgb(torch.cat([y, ycc[:, 1:]], dim=1)).clamp(0, 1)
+    # Keeping Cb, Cr and replacing Y adds the same (Y_fused - Y) to R, G and B (the inverse
+    # transform has weight 1 on Y for each), so no full YCbCr round trip is needed: the round
+    # trip made a 640x480 frame ~20x slower than the fusion itself (agrees to ~1e-6).
+    y = ref.luma(vis_rgb)
+    fused_y = fuse(y, ir_y, mu, levels, backend=backend, check=check)
+    return (vis_rgb + (fused_y - y)).clamp(0, 1)
 
 
 def _heuristic_inputs(vis, ir, value_range) -> tuple[float, float]:

@@ -7,6 +7,9 @@ device, and returns a (B,) float64 tensor (A = vis, B = ir, F = fused). ``protoc
 gives the textbook definitions. :func:`evaluate` computes several at once and shares their
 preparation. What differs between the protocols, and the defined value of each metric on
 degenerate inputs (no NaN for any accepted input): docs/design.md, sections 8.6 and 8.7.
+
+Video: :func:`flicker` (and :class:`FlickerMeter` for a stream) measures a fused video's
+frame-to-frame change that neither source's change accounts for (:mod:`.temporal`).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import torch
 from . import basic, gradient, histogram, structural
 from . import vif as _vif
 from ._prep import PROTOCOLS, Prepared
+from .temporal import FlickerMeter, flicker
 
 #: metric name -> function of a :class:`Prepared` batch, in the order tables list them
 _PREPARED = {
@@ -103,5 +107,6 @@ en, mi, vif, qabf, ssim, sd, sf, ag, scd, cc, psnr, mse, nabf = map(_single, MET
 
 __all__ = [
     "METRICS", "PAPER_METRICS", "PROTOCOLS", "HIGHER_IS_BETTER", "evaluate", "check_names",
+    "flicker", "FlickerMeter",
     "en", "mi", "vif", "qabf", "ssim", "sd", "sf", "ag", "scd", "cc", "psnr", "mse", "nabf",
 ]
