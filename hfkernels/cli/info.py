@@ -29,6 +29,7 @@ def run(args) -> int:
     print(f"torch     {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
     print(f"triton    {tv}")
     print(f"guide     {describe_default()}")
+    print(f"video     {_video_io()}")
     devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     for d in devices:
         name = torch.cuda.get_device_name(d) if d.startswith("cuda") else platform.processor() or "cpu"
@@ -37,6 +38,13 @@ def run(args) -> int:
             print(f"  {'yes' if ok else 'no ':3}  {b:7} {why}")
         _print_env_preference(d, env_preference(d))
     return 0
+
+
+def _video_io() -> str:
+    from ..video.io import av_version
+
+    v = av_version()
+    return f"PyAV {v} (video files in and out)" if v else "no PyAV: frame folders only (pip install 'hfkernels[video]')"
 
 
 def _print_env_preference(device: str, pref) -> None:

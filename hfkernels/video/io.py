@@ -260,7 +260,7 @@ class FrameWriter:
             s.options = {"crf": str(self.crf), "preset": self.preset}
         else:
             s = self._container.add_stream("ffv1", rate=self.rate)
-            s.pix_fmt = "gbrp"  # planar RGB: lossless for the 8-bit RGB frames written
+            s.pix_fmt = "bgr0"  # packed RGB: lossless for the 8-bit RGB frames written
         s.width, s.height = w, h
         s.thread_type = "AUTO"
         self._stream = s
