@@ -54,22 +54,34 @@ def encode_clips(root: Path, clips, folder: Path) -> list[tuple[str, Path, Path]
     return out
 
 
-def reference_run(vis_path, ir_path, out_path, mu_fn, keep: list) -> float:
-    """Seconds to fuse frame by frame through fuse_color with full-resolution guidance on every
-    frame, decode and encode included; the fused frames go into ``keep`` (as batches)."""
-    t0 = time.perf_counter()
+def clock() -> tuple[float, float]:
+    """(wall, CPU) seconds: CPU time of every thread of this process, which a busy machine
+    inflates far less than wall time."""
+    return time.perf_counter(), time.process_time()
+
+
+def since(t0) -> tuple[float, float]:
+    w, c = clock()
+    return w - t0[0], c - t0[1]
+
+
+def reference_run(vis_path, ir_path, out_path, mu_fn, keep: list) -> tuple[float, float]:
+    """(wall, CPU) seconds to fuse frame by frame through fuse_color with full-resolution guidance
+    on every frame, decode and encode included; the fused frames go into ``keep`` (as batches)."""
+    t0 = clock()
     with FrameWriter(out_path, 25, overwrite=True) as w, torch.no_grad():
         for i, (v, r) in enumerate(zip(open_frames(vis_path, "rgb"), open_frames(ir_path, "gray"))):
             v, r = v[None], r[None]
             f = hk.fuse_color(v, r, mu_fn(v, r).clamp(0, 1))
             w.write(f)
             keep.append(FusedBatch(i, v, r, None, f))
-    return time.perf_counter() - t0
+    return since(t0)
 
 
-def fuser_run(vis_path, ir_path, out_path, fuser: VideoFuser, keep: list) -> float:
-    stats = fuser.write(vis_path, ir_path, out_path, overwrite=True, progress=keep.append)
-    return stats["seconds"]
+def fuser_run(vis_path, ir_path, out_path, fuser: VideoFuser, keep: list) -> tuple[float, float]:
+    t0 = clock()
+    fuser.write(vis_path, ir_path, out_path, overwrite=True, progress=keep.append)
+    return since(t0)
 
 
 def drop(ref_rows: dict, rows: dict, metric: str) -> float:
@@ -85,12 +97,17 @@ def measure(clips, modes, scale, every, alpha, repeat: int, folder: Path) -> lis
                                          VideoFuser(mu_fn, scale=scale, every=every, smooth=s,
                                                     **({"alpha": alpha} if alpha is not None else {})))
                                         for s in (False, True)]
-        acc = {label: {"seconds": 0.0, "frames": 0, "rows": {}} for label, _ in runs}
+        acc = {label: {"seconds": 0.0, "cpu": 0.0, "frames": 0, "rows": {}} for label, _ in runs}
+        # first calls load the extension and warm the allocator: not part of any run's time
+        warm = clips[0]
+        for _, fuser in runs:
+            (reference_run if fuser is None else fuser_run)(warm[1], warm[2], folder / "warm.mp4",
+                                                           mu_fn if fuser is None else fuser, [])
         settings = {}
         for clip, vp, ip in clips:
             ref_rows = None
             for label, fuser in runs:
-                best = float("inf")
+                best = (float("inf"), float("inf"))
                 for _ in range(repeat):
                     keep = []
                     out = folder / f"fused_{mode}_{clip}.mp4"
@@ -103,11 +120,12 @@ def measure(clips, modes, scale, every, alpha, repeat: int, folder: Path) -> lis
                 else:
                     settings = fuser.settings()
                 a = acc[label]
-                a["seconds"] += best
+                a["seconds"] += best[0]
+                a["cpu"] += best[1]
                 a["frames"] += sc["count"]
                 a["rows"][clip] = rows
                 a.setdefault("ref", {})[clip] = ref_rows
-                print(f"  {mode:9} {clip} {label:22} {sc['count'] / best:6.2f} fps  VIF {sc['mean']['VIF']:.4f}  "
+                print(f"  {mode:9} {clip} {label:22} {sc['count'] / best[0]:6.2f} fps  {best[1] / sc['count'] * 1000:6.0f} CPU ms/frame  VIF {sc['mean']['VIF']:.4f}  "
                       f"Qabf {sc['mean']['Qabf']:.4f}  flicker {sc['mean']['flicker']:.3f}", flush=True)
         ref_fps = acc["per-frame"]["frames"] / acc["per-frame"]["seconds"]
         for label, _ in runs:
@@ -116,6 +134,8 @@ def measure(clips, modes, scale, every, alpha, repeat: int, folder: Path) -> lis
             fl = [r["flicker"] for r in allrows if r["flicker"] == r["flicker"]]
             res = {"mode": mode, "run": label, "fps": a["frames"] / a["seconds"],
                    "speedup": a["frames"] / a["seconds"] / ref_fps,
+                   "cpu_ms": a["cpu"] / a["frames"] * 1000,
+                   "cpu_speedup": acc["per-frame"]["cpu"] / a["cpu"] * a["frames"] / acc["per-frame"]["frames"],
                    "VIF": sum(r["VIF"] for r in allrows) / len(allrows),
                    "Qabf": sum(r["Qabf"] for r in allrows) / len(allrows),
                    "flicker": sum(fl) / len(fl)}
@@ -128,11 +148,13 @@ def measure(clips, modes, scale, every, alpha, repeat: int, folder: Path) -> lis
 
 
 def markdown(results) -> str:
-    lines = ["| guidance | run | fps | x per-frame | VIF | Qabf | worst frame VIF / Qabf drop | flicker |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| guidance | run | fps | x per-frame | CPU ms/frame | x per-frame (CPU) | VIF | Qabf | "
+             "worst frame VIF / Qabf drop | flicker |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         d = (f"{r['VIF_drop_max']:+.4f} / {r['Qabf_drop_max']:+.4f}" if "VIF_drop_max" in r else "(reference)")
-        lines.append(f"| {r['mode']} | {r['run']} | {r['fps']:.1f} | {r['speedup']:.2f} | {r['VIF']:.4f} | "
+        lines.append(f"| {r['mode']} | {r['run']} | {r['fps']:.1f} | {r['speedup']:.2f} | {r['cpu_ms']:.0f} | "
+                     f"{r['cpu_speedup']:.2f} | {r['VIF']:.4f} | "
                      f"{r['Qabf']:.4f} | {d} | {r['flicker']:.3f} |")
     return "\n".join(lines)
 

@@ -93,6 +93,9 @@ def register(sub):
     p.add_argument("--report-limit", type=int, metavar="N",
                    help="pictures for at most N pairs on the page, spread over the set (metrics cover all; "
                         "default: every pair)")
+    from ..video.cli import add_eval_options
+
+    add_eval_options(p)
     p.set_defaults(func=run)
 
 
@@ -237,6 +240,8 @@ def run(args) -> int:
     except ValueError as e:
         raise CLIError(f"--metrics: {e}") from None
     device = parse_device(args.device)
+    if _video(args, names, device):
+        return 0
     sets = _sets(args)
     if args.fused and not Path(args.fused).exists():
         raise CLIError(f"--fused {args.fused} does not exist")
@@ -362,3 +367,38 @@ def check_eval_outputs(args, jobs, *folders) -> None:
             raise CLIError(f"--report {args.report}: its folder {ASSETS}/ holds the input {inside[0]}; "
                            "choose another report folder")
     check_outputs(outputs, inputs, overwrite=args.overwrite)
+
+
+def _video(args, names, device) -> bool:
+    """Video files, or frame folders with --video: per-frame metrics and flicker
+    (:mod:`hfkernels.video.cli`); False when the arguments are not about videos."""
+    from .. import guidance as G
+    from ..video import cli as video_cli
+
+    if not video_cli.wanted(args):
+        return False
+    if args.data or args.baselines or args.report:
+        raise CLIError("--data, --baselines and --report are for image pairs; give --vis/--ir clips")
+    if sum(bool(x) for x in (args.fused, args.method, args.checkpoint)) != 1:
+        raise CLIError("for videos give one of --fused, --method, --checkpoint")
+    mu_fn = None
+    if args.checkpoint:
+        mu_fn = G.resolve(checkpoint=args.checkpoint, device=device)
+    elif args.method:
+        spec = args.method.strip()
+        try:
+            mu_fn = G.default_guidance(device) if spec == "guide" else G.resolve(G.parse(spec, "--method"))
+        except ValueError:
+            raise CLIError(f"for videos --method takes heuristic, guide or a constant in [0, 1], got {spec!r}") from None
+    check_eval_outputs(args, [], Path(args.vis), Path(args.ir), Path(args.fused) if args.fused else None)
+    rows, mean, all_names = video_cli.run_eval(args, names, mu_fn, device)
+    print(format_table({"mean": mean} if args.quiet else {**rows, "mean": mean}, all_names, first="frame"))
+    source = (f"fused {args.fused}" if args.fused else f"checkpoint {args.checkpoint}" if args.checkpoint
+              else f"method {args.method}")
+    if args.json:
+        dump_json(args.json, {"protocol": args.protocol, "source": source, "metrics": list(all_names),
+                              "per_image": rows, "mean": mean})
+    if args.csv:
+        _dump_csv(args.csv, ["image", *all_names],
+                  [[k, *(repr(r[m]) for m in all_names)] for k, r in {**rows, "mean": mean}.items()])
+    return True

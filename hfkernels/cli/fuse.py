@@ -1,4 +1,5 @@
-"""``hfkernels fuse``: fuse one pair of images, or two folders of pairs matched by file name.
+"""``hfkernels fuse``: fuse one pair of images, or two folders of pairs matched by file name, or
+two videos (video files, or frame folders with ``--video``; see :mod:`hfkernels.video.cli`).
 
 Guidance maps (``--save-mu``) go into a ``mu/`` folder beside the fused images, under the fused
 image's name, so a folder of fused images holds nothing else for ``hfkernels eval --fused``.
@@ -36,6 +37,9 @@ def register(sub):
     p.add_argument("--save-mu", action="store_true",
                    help="also write each guidance map, as mu/<name>.png beside the fused image")
     p.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
+    from ..video.cli import add_fuse_options
+
+    add_fuse_options(p)
     p.set_defaults(func=run)
 
 
@@ -140,6 +144,8 @@ def run(args) -> int:
     from ..io import write_image
 
     device = parse_device(args.device)
+    if _video(args, device) is not None:
+        return 0
     jobs = plan(args)
     hint = swap_hint(*jobs[0][:2]) if jobs else None
     if hint:
@@ -154,3 +160,13 @@ def run(args) -> int:
     print(f"wrote {len(jobs)} fused image(s) to {where}"
           + (f" and their guidance maps to {mu_path(jobs[0][2]).parent}" if args.save_mu else ""))
     return 0
+
+
+def _video(args, device):
+    """Video files, or frame folders with --video: fused as sequences (:mod:`hfkernels.video.cli`)."""
+    from ..video import cli as video_cli
+
+    if not video_cli.wanted(args):
+        return None
+    ckpt = checkpoint_files(args.checkpoint) if getattr(args, "checkpoint", None) else []
+    return video_cli.run_fuse(args, guidance_of(args, device), device, ckpt)
