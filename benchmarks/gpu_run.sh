@@ -15,6 +15,9 @@
 #   train          `hfkernels train --preset paper --epochs 2` on MSRS train, RoadScene, TNO
 #   eval           the trained run zero-shot on MSRS test and Harvard CT/PET/SPECT-MRI, native size
 #   resources      benchmarks/resources.py (registers, spills, occupancy), if present
+#   video          benchmarks/video_fps.py on the GPU: streaming video fusion against frame-by-frame
+#                  fuse_color, decode/encode included (M3SVD under the data root, else a made-up
+#                  640x480 clip); skipped without PyAV
 # Everything lands in OUTDIR: SUMMARY.md (card name first), summary.json, env.json,
 # steps.jsonl, logs/, tests/junit.xml, bench/*.json|md, train/, eval/*.json, resources/.
 # The trained run's checkpoints stay in OUTDIR/work (large; left out of the bundle).
@@ -49,13 +52,13 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 PY=${PYTHON:-python3}
 
-STEPS=(env data build tests bench-kernels bench-losses bench-tables train eval resources)
+STEPS=(env data build tests bench-kernels bench-losses bench-tables train eval resources video)
 # seconds each step may take at most (the run's --budget caps the sum)
 declare -A STEP_BUDGET=([env]=60 [data]=30 [build]=240 [tests]=150 [bench-kernels]=90 [bench-losses]=90
-                        [bench-tables]=120 [train]=150 [eval]=150 [resources]=90)
+                        [bench-tables]=120 [train]=150 [eval]=150 [resources]=90 [video]=90)
 # steps that need a CUDA GPU (skipped in a dry run and where none is visible)
 declare -A NEEDS_GPU=([build]=1 [tests]=1 [bench-kernels]=1 [bench-losses]=1 [bench-tables]=1 [train]=1
-                      [eval]=1 [resources]=1)
+                      [eval]=1 [resources]=1 [video]=1)
 declare -A STEP_CMD=(
   [env]="python benchmarks/gpu_summary.py env OUTDIR [--measure]"
   [data]="python benchmarks/gpu_data.py check DATA --json OUTDIR/data.json"
@@ -67,6 +70,7 @@ declare -A STEP_CMD=(
   [train]="hfkernels train --data MSRS/train --data RoadScene --data TNO --preset paper --epochs 2"
   [eval]="hfkernels eval --checkpoint RUN --vis SET/vi --ir SET/ir --json OUTDIR/eval/SET.json (MSRS test, Harvard x3)"
   [resources]="python benchmarks/resources.py --json OUTDIR/resources/resources.json"
+  [video]="python benchmarks/video_fps.py --device cuda [--synthetic 40] --json OUTDIR/video/video.json --md OUTDIR/video/video.md"
 )
 RESERVE=25   # seconds kept for a step's kill grace beyond its limit, the last summary and bundle
 KILL_GRACE=20  # after TERM at a step's limit, KILL after this many seconds
@@ -243,6 +247,15 @@ step_resources() {
   [[ -f $ROOT/benchmarks/resources.py ]] || skip "benchmarks/resources.py is not in this checkout"
   mkdir -p "$OUTDIR/resources"
   "$PY" "$ROOT/benchmarks/resources.py" --json "$OUTDIR/resources/resources.json" >"$OUTDIR/resources/resources.md"
+}
+
+step_video() {
+  "$PY" -c "import av" 2>/dev/null || skip "PyAV is not installed (pip install av): no video files"
+  local src=()
+  if [[ -z $DATA || ! -d $DATA/M3SVD ]]; then src=(--synthetic 40); echo "no M3SVD under the data root: a made-up clip"; fi
+  mkdir -p "$OUTDIR/video"
+  HFK_DATA=$DATA "$PY" "$HERE/video_fps.py" --device cuda ${src[@]+"${src[@]}"} --json "$OUTDIR/video/video.json" \
+    --md "$OUTDIR/video/video.md"
 }
 
 export -f skip pytest_ jget bench "${STEPS[@]/#/step_}"

@@ -472,6 +472,9 @@ def render(s: dict, outdir: Path) -> str:
     res = outdir / "resources" / "resources.md"
     if res.is_file():
         md += ["## Resource report", "", res.read_text().strip(), ""]
+    vid = outdir / "video" / "video.md"
+    if vid.is_file():
+        md += ["## Video fusion (benchmarks/video_fps.py)", "", vid.read_text().strip(), ""]
     return "\n".join(md)
 
 

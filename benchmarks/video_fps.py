@@ -37,6 +37,7 @@ from hfkernels.io import data_root
 from hfkernels.video import FrameWriter, FusedBatch, VideoFuser, open_frames, score_batches
 
 CLIPS = ("0111_1716", "0114_1609", "0115_1834")
+DEVICE = torch.device("cpu")
 
 
 def encode_clips(root: Path, clips, folder: Path) -> list[tuple[str, Path, Path]]:
@@ -65,13 +66,29 @@ def since(t0) -> tuple[float, float]:
     return w - t0[0], c - t0[1]
 
 
+def synthetic_clips(n: int, folder: Path) -> list[tuple[str, Path, Path]]:
+    """One made-up 640x480 clip of ``n`` frames (a drifting smooth pattern), for a machine
+    without the M3SVD frames: its speed figures hold, its quality figures mean little."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.interpolate(torch.rand(1, 4, 60, 80 + n, generator=g), size=(480, 640 + 8 * n),
+                                           mode="bicubic", align_corners=False).clamp(0, 1)
+    paths = []
+    for side, ch in (("vi", slice(0, 3)), ("ir", slice(3, 4))):
+        dst = folder / f"synthetic_{side}.mp4"
+        with FrameWriter(dst, 25) as w:
+            for t in range(n):
+                w.write(base[0, ch, :, 8 * t: 8 * t + 640])
+        paths.append(dst)
+    return [("synthetic", *paths)]
+
+
 def reference_run(vis_path, ir_path, out_path, mu_fn, keep: list) -> tuple[float, float]:
     """(wall, CPU) seconds to fuse frame by frame through fuse_color with full-resolution guidance
     on every frame, decode and encode included; the fused frames go into ``keep`` (as batches)."""
     t0 = clock()
     with FrameWriter(out_path, 25, overwrite=True) as w, torch.no_grad():
         for i, (v, r) in enumerate(zip(open_frames(vis_path, "rgb"), open_frames(ir_path, "gray"))):
-            v, r = v[None], r[None]
+            v, r = v[None].to(DEVICE), r[None].to(DEVICE)
             f = hk.fuse_color(v, r, mu_fn(v, r).clamp(0, 1))
             w.write(f)
             keep.append(FusedBatch(i, v, r, None, f))
@@ -92,9 +109,9 @@ def drop(ref_rows: dict, rows: dict, metric: str) -> float:
 def measure(clips, modes, scale, every, alpha, repeat: int, folder: Path) -> list[dict]:
     results = []
     for mode in modes:
-        mu_fn = resolve("heuristic" if mode == "heuristic" else None)
+        mu_fn = resolve("heuristic" if mode == "heuristic" else None, device=DEVICE)
         runs = [("per-frame", None)] + [(f"fuser, smoothing {'on' if s else 'off'}",
-                                         VideoFuser(mu_fn, scale=scale, every=every, smooth=s,
+                                         VideoFuser(mu_fn, scale=scale, every=every, smooth=s, device=DEVICE,
                                                     **({"alpha": alpha} if alpha is not None else {})))
                                         for s in (False, True)]
         acc = {label: {"seconds": 0.0, "cpu": 0.0, "frames": 0, "rows": {}} for label, _ in runs}
@@ -167,23 +184,33 @@ def main(argv=None) -> int:
     p.add_argument("--every", type=int, default=None, help="guidance period (default: the fuser's preset)")
     p.add_argument("--alpha", type=float, default=None, help="moving-average weight (default: the fuser's)")
     p.add_argument("--repeat", type=int, default=1, help="timed runs per clip (the fastest counts)")
+    p.add_argument("--device", default="cpu", help="where guidance and fusion run (cpu, cuda)")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N",
+                   help="a made-up 640x480 clip of N frames instead of M3SVD (where the frames are missing)")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--md", help="write the markdown table here")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     args = p.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     root = data_root()
-    if root is None or not (root / "M3SVD").is_dir():
-        print("M3SVD clips not found: set HFK_DATA", file=sys.stderr)
+    if not args.synthetic and (root is None or not (root / "M3SVD").is_dir()):
+        print("M3SVD clips not found: set HFK_DATA (or use --synthetic N)", file=sys.stderr)
         return 2
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"uptime before: {load}; torch threads {torch.get_num_threads()}")
+    print(f"uptime before: {load}; torch threads {torch.get_num_threads()}; device {DEVICE}")
     with tempfile.TemporaryDirectory() as tmp:
-        clips = encode_clips(root, args.clips.split(","), Path(tmp))
+        clips = (synthetic_clips(args.synthetic, Path(tmp)) if args.synthetic
+                 else encode_clips(root, args.clips.split(","), Path(tmp)))
         results = measure(clips, args.modes.split(","), args.scale, args.every, args.alpha, args.repeat, Path(tmp))
     load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"uptime after: {load_after}")
     print(markdown(results))
     if args.json:
-        Path(args.json).write_text(json.dumps({"uptime": [load, load_after], "results": results}, indent=1))
+        Path(args.json).write_text(json.dumps({"uptime": [load, load_after], "device": str(DEVICE),
+                                               "results": results}, indent=1, default=str))
+    if args.md:
+        Path(args.md).write_text(f"{DEVICE}; uptime before: {load}\n\n{markdown(results)}\n")
     return 0
 
 

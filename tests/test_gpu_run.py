@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_run.sh"
-GPU_STEPS = ("build", "tests", "bench-kernels", "bench-losses", "bench-tables", "train", "eval", "resources")
+GPU_STEPS = ("build", "tests", "bench-kernels", "bench-losses", "bench-tables", "train", "eval", "resources", "video")
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="gpu_run.sh needs bash and coreutils' timeout")

@@ -3,13 +3,16 @@
 :class:`VideoFuser` pairs the frames of a visible and an infrared sequence by index, computes
 their guidance through :class:`~hfkernels.video.temporal.TemporalGuidance` (reduced resolution,
 every k-th frame, moving average with cut resets) and fuses each batch with
-:func:`hfkernels.fuse_color`. At most ``batch`` frames of each source are held at once, so a
-clip of any length streams in bounded memory. :func:`fuse_video` is the one-call form.
+:func:`hfkernels.fuse_color`. Decoding runs a batch ahead and encoding a batch behind, each in
+a worker thread (FFmpeg releases the GIL), so they overlap the fusion; at most three batches of
+frames are held at once, so a clip of any length streams in bounded memory. :func:`fuse_video` is the one-call form.
 """
 from __future__ import annotations
 
 import itertools
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -41,6 +44,84 @@ class FusedBatch:
     ir: torch.Tensor
     mu: torch.Tensor
     fused: torch.Tensor
+
+
+_DONE = object()
+
+
+def background(items, depth: int = 1):
+    """Iterate ``items`` in a worker thread, at most ``depth`` items ahead: decoding (FFmpeg
+    releases the GIL) then overlaps the fusion. An exception there is raised here; leaving the
+    loop early stops the worker and closes ``items`` in its thread."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work():
+        it = iter(items)
+        try:
+            for item in it:
+                q.put((True, item))
+                if stop.is_set():
+                    return
+            q.put((True, _DONE))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put((False, e))
+        finally:
+            if hasattr(it, "close"):
+                it.close()
+
+    t = threading.Thread(target=work, name="hfkernels-video-read", daemon=True)
+    t.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a worker waiting to put
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        t.join()
+
+
+class _WriteBehind:
+    """``put(frames)`` hands frames to ``writer.write`` in a worker thread (one batch queued),
+    so encoding overlaps the fusion of the next batch; ``finish()`` waits and raises what the
+    worker raised."""
+
+    def __init__(self, writer):
+        self.writer, self.error = writer, None
+        self.q: queue.Queue = queue.Queue(maxsize=1)
+        self.t = threading.Thread(target=self._work, name="hfkernels-video-write", daemon=True)
+        self.t.start()
+
+    def _work(self):
+        while True:
+            item = self.q.get()
+            if item is _DONE:
+                return
+            if self.error is None:
+                try:
+                    self.writer.write(item)
+                except BaseException as e:  # noqa: BLE001 - raised by put/finish
+                    self.error = e
+
+    def put(self, frames) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(frames)
+
+    def finish(self) -> None:
+        self.q.put(_DONE)
+        self.t.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _source(x, mode: str, name: str):
@@ -91,7 +172,8 @@ class VideoFuser:
         levels, backend: as :func:`hfkernels.fuse_color` (default backend: the best available,
             the C++ ``cpu`` kernels on a CPU).
         device: where guidance and fusion run (default: CPU).
-        batch: frames fused per call (memory holds about 2 batches of frames).
+        batch: frames fused per call; memory holds at most 3 batches of frames (the one being
+            fused, one decoded ahead in a worker thread, one being decoded).
         scale, every: guidance resolution (fraction of the frame side) and period in frames;
             None takes :data:`PRESETS` (``"network"`` for a trained network, else ``"map"``).
         smooth: moving average of ``mu`` over time (weight :data:`ALPHA` on the previous map,
@@ -144,21 +226,27 @@ class VideoFuser:
         vis, ir = _source(vis, "rgb", "vis"), _source(ir, "gray", "ir")
         check_pair(vis, ir, shortest=self.shortest)
         guide = TemporalGuidance(self.mu_fn, scale=self.scale, every=self.every, alpha=self.alpha, cut=self.cut)
+        for start, v, r in background(self._chunks(vis, ir)):
+            v, r = v.to(self.device), r.to(self.device)
+            with torch.no_grad():
+                mu = guide(v, r)
+                fused = fuse_color(v, r, mu, self.levels, backend=self.backend)
+            yield FusedBatch(start, v, r, mu, fused)
+
+    def _chunks(self, vis, ir):
+        """``(start, vis (B,C,H,W), ir (B,C,H,W))`` of consecutive frames, ``batch`` at a time."""
         pairs = self._pairs(vis, ir)
         start = 0
         while True:
             chunk = list(itertools.islice(pairs, self.batch))
             if not chunk:
                 return
-            v = _stack([a for a, _ in chunk], "vis", start).to(self.device)
-            r = _stack([b for _, b in chunk], "ir", start).to(self.device)
+            v = _stack([a for a, _ in chunk], "vis", start)
+            r = _stack([b for _, b in chunk], "ir", start)
             if v.shape[-2:] != r.shape[-2:]:
                 raise ValueError(f"frame sizes differ at frame {start}: {_where(vis, 'vis')} is "
                                  f"{v.shape[-1]}x{v.shape[-2]}, {_where(ir, 'ir')} is {r.shape[-1]}x{r.shape[-2]}")
-            with torch.no_grad():
-                mu = guide(v, r)
-                fused = fuse_color(v, r, mu, self.levels, backend=self.backend)
-            yield FusedBatch(start, v, r, mu, fused)
+            yield start, v, r
             start += len(chunk)
 
     def frames(self, vis, ir):
@@ -185,10 +273,14 @@ class VideoFuser:
         check_pair(vis, ir, shortest=self.shortest)
         t0 = time.perf_counter()
         with FrameWriter(out, rate, codec, names, overwrite=overwrite) as w:
-            for b in self.batches(vis, ir):
-                w.write(b.fused)
-                if progress is not None:
-                    progress(b)
+            behind = _WriteBehind(w)
+            try:
+                for b in self.batches(vis, ir):
+                    behind.put(b.fused)
+                    if progress is not None:
+                        progress(b)
+            finally:
+                behind.finish()
         seconds = time.perf_counter() - t0
         return {"frames": w.count, "seconds": seconds, "fps": w.count / seconds if seconds > 0 else float("inf"),
                 "out": str(out), **self.settings()}
