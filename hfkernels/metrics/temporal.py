@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..reference import luma
+from ..core.reference import luma
 from ._prep import check_inputs
 
 

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
 from fractions import Fraction
 from pathlib import Path
 
 import torch
 
-from ..io import IMAGE_EXTS, is_image, read_image, write_image
+from ..io import IMAGE_EXTS, is_image, read_image, to_uint8, write_image
+from ..io.files import _create_temp
 
 #: file suffixes read and written as video containers (FFmpeg's muxer name for writing)
 VIDEO_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi",
@@ -201,12 +201,15 @@ def open_frames(path, mode: str = "rgb") -> FrameSequence:
 # writing
 
 
-def _temp_sibling(path: Path, suffix: str = "") -> Path:
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}"
-        if not os.path.lexists(tmp):
-            return tmp
-    raise FileExistsError(f"no free temporary name for {path.name} in {path.parent}")
+def _temp_sibling(path: Path, folder: bool) -> Path:
+    """A new temporary file (or, ``folder``, an empty folder) beside ``path``, under the name
+    rule of every atomic write here (``.NAME.XXXXXXXX.tmp``)."""
+    fd, tmp = _create_temp(path.parent, path.name)
+    os.close(fd)
+    if folder:
+        tmp.unlink()
+        tmp.mkdir()
+    return tmp
 
 
 class FrameWriter:
@@ -246,9 +249,7 @@ class FrameWriter:
         self.names, self.crf, self.preset, self.overwrite = names, crf, preset, overwrite
         self.count, self._container, self._stream, self._closed = 0, None, None, False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _temp_sibling(self.path)
-        if not self.video:
-            self._tmp.mkdir()
+        self._tmp = _temp_sibling(self.path, folder=not self.video)
 
     def _start(self, h: int, w: int):
         av = require_av()
@@ -286,7 +287,7 @@ class FrameWriter:
         elif (self._stream.height, self._stream.width) != tuple(frames.shape[-2:]):
             raise ValueError(f"{self.path}: frame {self.count} is {frames.shape[-1]}x{frames.shape[-2]}, "
                              f"the video is {self._stream.width}x{self._stream.height}")
-        arr = frames.detach().float().clamp(0, 1).mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        arr = to_uint8(frames.detach().float()).permute(0, 2, 3, 1).cpu().numpy()
         for a in arr:
             frame = av.VideoFrame.from_ndarray(a, format="rgb24")
             frame.pts = self.count

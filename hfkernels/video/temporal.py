@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..reference import luma
+from ..core.reference import luma
 
 #: side of the thumbnails compared for cut detection (their longer side, in pixels)
 THUMB = 64
