@@ -19,7 +19,7 @@ def _add_common(g) -> None:
     g.add_argument("--video", action="store_true",
                    help="treat --vis/--ir folders as frame sequences (implied by a video file)")
     g.add_argument("--guide-scale", type=float, default=None, metavar="S",
-                   help="compute mu on frames shrunk by S in (0, 1] (default: 0.5 for a map, 0.25 for a network)")
+                   help="compute mu on frames shrunk by S in (0, 1] (default: 1 for a map, 0.5 for a network)")
     g.add_argument("--guide-every", type=int, default=None, metavar="K",
                    help="compute mu every K frames, keep it in between (default: 1 for a map, 2 for a network)")
     g.add_argument("--no-smooth", dest="smooth", action="store_false",

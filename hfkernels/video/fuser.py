@@ -27,11 +27,13 @@ from .temporal import TemporalGuidance
 #: guidance settings per kind of guidance: (scale, every), chosen on the three M3SVD clips
 #: (benchmarks/video_fps.py; table in benchmarks/RESULTS.md) so that 640x480 runs in real time on a
 #: 2-core CPU with per-frame VIF and Qabf within 0.01 of full guidance on every frame
-PRESETS = {"map": (0.5, 1), "network": (0.25, 2)}
+PRESETS = {"map": (1.0, 1), "network": (0.5, 2)}
 #: weight of the previous map in the moving average, when smoothing is on
 ALPHA = 0.5
 #: mean absolute change of the sources' luma thumbnails (in [0, 1]) that counts as a scene cut
 CUT = 0.1
+#: luma change (in [0, 1]) over which the moving average lets go of the previous map (e^-1)
+MOTION = 0.03
 
 
 @dataclass
@@ -178,14 +180,15 @@ class VideoFuser:
             None takes :data:`PRESETS` (``"network"`` for a trained network, else ``"map"``).
         smooth: moving average of ``mu`` over time (weight :data:`ALPHA` on the previous map,
             restarting at scene cuts); None: on (see docs/design.md, section 13).
-        alpha, cut: the moving average's weight and the cut threshold (:class:`TemporalGuidance`).
+        alpha, motion, cut: the moving average's weight, its motion gate (None: none) and the cut
+            threshold (:class:`TemporalGuidance`).
         shortest: pair frames up to the end of the shorter sequence instead of refusing
             sequences of different lengths.
     """
 
     def __init__(self, mu=None, *, checkpoint=None, levels: int = 4, backend: str | None = None, device=None,
                  batch: int = 8, scale: float | None = None, every: int | None = None, smooth: bool | None = None,
-                 alpha: float = ALPHA, cut: float = CUT, shortest: bool = False):
+                 alpha: float = ALPHA, cut: float = CUT, motion: float | None = MOTION, shortest: bool = False):
         self.device = torch.device(device or "cpu")
         self.mu_fn = mu if callable(mu) else G.resolve(mu, checkpoint, self.device)
         self.kind = "network" if hasattr(self.mu_fn, "model") else "map"
@@ -195,14 +198,15 @@ class VideoFuser:
         self.scale = d_scale if scale is None else scale
         self.every = d_every if every is None else every
         self.smooth = True if smooth is None else bool(smooth)
-        self.alpha, self.cut = (alpha if self.smooth else 0.0), cut
+        self.alpha, self.cut, self.motion = (alpha if self.smooth else 0.0), cut, motion
         self.levels, self.backend, self.batch, self.shortest = levels, backend, batch, shortest
-        TemporalGuidance(self.mu_fn, scale=self.scale, every=self.every, alpha=self.alpha, cut=self.cut)  # checks
+        TemporalGuidance(self.mu_fn, scale=self.scale, every=self.every, alpha=self.alpha, cut=self.cut,
+                         motion=self.motion)  # checks
 
     def settings(self) -> dict:
         """The fuser's choices, for records: guidance kind, scale, every, smoothing, alpha, cut."""
         return {"guidance": self.kind, "scale": self.scale, "every": self.every, "smooth": self.smooth,
-                "alpha": self.alpha, "cut": self.cut, "batch": self.batch, "levels": self.levels}
+                "alpha": self.alpha, "motion": self.motion, "cut": self.cut, "batch": self.batch, "levels": self.levels}
 
     def _pairs(self, vis, ir):
         """(vis, ir) frame tensors by index; a sequence that ends first is an error naming it."""
@@ -225,7 +229,8 @@ class VideoFuser:
         (C, H, W) frames in [0, 1]; vis RGB or gray, ir gray or RGB)."""
         vis, ir = _source(vis, "rgb", "vis"), _source(ir, "gray", "ir")
         check_pair(vis, ir, shortest=self.shortest)
-        guide = TemporalGuidance(self.mu_fn, scale=self.scale, every=self.every, alpha=self.alpha, cut=self.cut)
+        guide = TemporalGuidance(self.mu_fn, scale=self.scale, every=self.every, alpha=self.alpha, cut=self.cut,
+                         motion=self.motion)
         for start, v, r in background(self._chunks(vis, ir)):
             v, r = v.to(self.device), r.to(self.device)
             with torch.no_grad():

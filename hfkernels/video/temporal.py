@@ -46,6 +46,9 @@ class TemporalGuidance:
         scale: guidance resolution relative to the frames, in (0, 1].
         every: compute a map on every ``every``-th frame (and at cuts); keep it in between.
         alpha: weight of the previous smoothed map in the moving average, in [0, 1); 0 = off.
+        motion: where a source's luma changed by ``d`` (at guidance resolution) since the last
+            computed map, the previous map's weight is ``alpha * exp(-d / motion)``: still
+            regions are averaged, moving ones follow the new map. None: no gating.
         cut: mean absolute thumbnail change (in [0, 1]) above which a frame starts a new scene.
 
     ``__call__(vis (B,3|1,H,W), ir (B,1|3,H,W)) -> mu (B,1,H,W)`` in [0, 1]; ``cuts`` lists the
@@ -53,7 +56,8 @@ class TemporalGuidance:
     computed.
     """
 
-    def __init__(self, mu_fn, *, scale: float = 1.0, every: int = 1, alpha: float = 0.0, cut: float = 0.1):
+    def __init__(self, mu_fn, *, scale: float = 1.0, every: int = 1, alpha: float = 0.0, cut: float = 0.1,
+                 motion: float | None = None):
         if not callable(mu_fn):
             raise TypeError(f"mu_fn must be callable, got {type(mu_fn).__name__}")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
@@ -64,9 +68,12 @@ class TemporalGuidance:
             raise ValueError(f"alpha must be a number in [0, 1), got {alpha!r}")
         if isinstance(cut, bool) or not isinstance(cut, (int, float)) or not cut > 0:
             raise ValueError(f"cut must be a positive number, got {cut!r}")
+        if motion is not None and (isinstance(motion, bool) or not isinstance(motion, (int, float)) or not motion > 0):
+            raise ValueError(f"motion must be a positive number or None, got {motion!r}")
         self.mu_fn, self.scale, self.every, self.alpha, self.cut = mu_fn, float(scale), every, float(alpha), float(cut)
+        self.motion = None if motion is None else float(motion)
         self.frame, self.computed, self.cuts = 0, 0, []
-        self._mu = self._thumb = None
+        self._mu = self._thumb = self._luma = None  # last map, thumbnails, small lumas of its frame
         self._since = 0  # frames since the last computed map
 
     @torch.no_grad()
@@ -94,17 +101,26 @@ class TemporalGuidance:
             mus = self.mu_fn(small_v[sel], small_i[sel]).float().clamp(0, 1)
             new = dict(zip(idx, mus))
             self.computed += len(idx)
+        lumas = torch.cat([luma(small_v), luma(small_i)], 1) if self.motion is not None else None
         out = []
-        mu = self._mu
+        mu, last = self._mu, self._luma
         for i in range(n):
             if cut[i]:
                 mu = new[i]
                 if self.frame + i > 0:
                     self.cuts.append(self.frame + i)
+            elif i in new and self.alpha:
+                w = self.alpha
+                if lumas is not None:
+                    d = (lumas[i] - last).abs().amax(0, keepdim=True)
+                    w = self.alpha * torch.exp(-d / self.motion)
+                mu = torch.lerp(new[i], mu, w)
             elif i in new:
-                mu = torch.lerp(new[i], mu, self.alpha) if self.alpha else new[i]
+                mu = new[i]
+            if i in new and lumas is not None:
+                last = lumas[i]
             out.append(mu)
-        self._mu, self._thumb = mu, thumbs[-1:]
+        self._mu, self._thumb, self._luma = mu, thumbs[-1:], last
         self.frame += n
         return enlarge(torch.stack(out), size).clamp_(0, 1).to(vis.dtype)
 
