@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from ..io import check_output_folder, check_outputs
-from .fuser import ALPHA, CUT, VideoFuser, check_pair
+from .fuser import ALPHA, CUT, MOTION, VideoFuser, check_pair
 from .io import CODECS, VIDEO_FORMATS, is_video, open_frames, require_av
 
 
@@ -25,6 +25,8 @@ def _add_common(g) -> None:
     g.add_argument("--no-smooth", dest="smooth", action="store_false",
                    help="no moving average of mu over time")
     g.add_argument("--alpha", type=float, default=ALPHA, help=f"moving-average weight of the previous mu (default {ALPHA})")
+    g.add_argument("--motion", type=float, default=MOTION,
+                   help=f"luma change at which the average lets go of the previous mu (default {MOTION}; 0: no gate)")
     g.add_argument("--cut", type=float, default=CUT,
                    help=f"mean thumbnail change that starts a new scene (default {CUT})")
     g.add_argument("--batch", type=int, default=8, help="frames fused at once (default 8)")
@@ -73,7 +75,7 @@ def fuser_of(args, mu_fn, device) -> VideoFuser:
     """The :class:`VideoFuser` the options ask for, with the guidance the command resolved."""
     return VideoFuser(mu_fn, levels=args.levels, backend=args.backend, device=device, batch=args.batch,
                       scale=args.guide_scale, every=args.guide_every, smooth=args.smooth, alpha=args.alpha,
-                      cut=args.cut, shortest=args.shortest)
+                      motion=args.motion or None, cut=args.cut, shortest=args.shortest)
 
 
 def _check_fuse_outputs(args, vis, ir, extra_inputs) -> Path:
