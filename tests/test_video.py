@@ -253,3 +253,16 @@ def test_real_clip_fast_guidance_stays_within_001_of_per_frame(data_dir, tmp_pat
     a, b = evaluate(vis, ir, fast, "VIF,Qabf"), evaluate(vis, ir, full, "VIF,Qabf")
     for m in ("VIF", "Qabf"):
         assert float((b[m] - a[m]).max()) <= 0.01, m
+
+
+def test_residual_guide_at_reduced_resolution_corrects_the_full_resolution_heuristic():
+    from hfkernels.guidance import model_guidance
+    from hfkernels.guidance.models import GuidanceUNet
+
+    model = GuidanceUNet(preset="tiny", guide="residual")  # its correction starts at exactly 0
+    mu_fn = model_guidance(model)
+    mu_fn.guide = "residual"
+    vis, ir = clip(n=3), clip(n=3, seed=1, c=1)
+    g = TemporalGuidance(mu_fn, scale=0.5)
+    torch.testing.assert_close(g(vis, ir), hk.heuristic_guidance(vis, ir), rtol=0, atol=1e-6)
+    assert g.residual is model and TemporalGuidance(mu_fn, scale=1.0).residual is None

@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..core.fusion import heuristic_guidance
 from ..core.reference import luma
+from ..guidance.models import forward_pair, residual_mu
 
 #: side of the thumbnails compared for cut detection (their longer side, in pixels)
 THUMB = 64
@@ -72,6 +74,11 @@ class TemporalGuidance:
             raise ValueError(f"motion must be a positive number or None, got {motion!r}")
         self.mu_fn, self.scale, self.every, self.alpha, self.cut = mu_fn, float(scale), every, float(alpha), float(cut)
         self.motion = None if motion is None else float(motion)
+        # A residual guide is the heuristic map corrected in logit space by the U-Net. At reduced
+        # resolution only the correction is computed small (and smoothed); the heuristic, whose
+        # edges Qabf rewards, is computed on the full frame and corrected with it.
+        model = getattr(mu_fn, "model", None)
+        self.residual = model if (getattr(mu_fn, "guide", None) == "residual" and self.scale < 1) else None
         self.frame, self.computed, self.cuts = 0, 0, []
         self._mu = self._thumb = self._luma = None  # last map, thumbnails, small lumas of its frame
         self._since = 0  # frames since the last computed map
@@ -98,7 +105,12 @@ class TemporalGuidance:
         new = {}
         if idx:
             sel = torch.tensor(idx, device=vis.device)
-            mus = self.mu_fn(small_v[sel], small_i[sel]).float().clamp(0, 1)
+            if self.residual is not None:
+                dev = next(self.residual.parameters()).device
+                mus = forward_pair(self.residual, small_v[sel].to(dev).float(), small_i[sel].to(dev).float(),
+                                   fast=False, return_logit=True)[2].float().to(vis.device)
+            else:
+                mus = self.mu_fn(small_v[sel], small_i[sel]).float().clamp(0, 1)
             new = dict(zip(idx, mus))
             self.computed += len(idx)
         lumas = torch.cat([luma(small_v), luma(small_i)], 1) if self.motion is not None else None
@@ -122,6 +134,8 @@ class TemporalGuidance:
             out.append(mu)
         self._mu, self._thumb, self._luma = mu, thumbs[-1:], last
         self.frame += n
+        if self.residual is not None:  # the smoothed maps are corrections (logits)
+            return residual_mu(heuristic_guidance(vis, ir), enlarge(torch.stack(out), size)).to(vis.dtype)
         return enlarge(torch.stack(out), size).clamp_(0, 1).to(vis.dtype)
 
 
