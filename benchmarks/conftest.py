@@ -53,6 +53,13 @@ REFERENCE = "torch"
 
 def pytest_addoption(parser):
     parser.addoption(
+        "--hfk-long",
+        action="store_true",
+        default=os.environ.get("HFK_BENCH_LONG", "") not in ("", "0"),
+        help="hfkernels benchmarks: also run the long CPU cases (listed in benchmarks/RESULTS.md, "
+        "'Long cases'); without it the default suite finishes within 10 minutes on a 2-core CPU",
+    )
+    parser.addoption(
         "--hfk-targets",
         choices=("check", "report"),
         default=os.environ.get("HFK_BENCH_TARGETS", "check"),
@@ -128,6 +135,25 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def shape_str(shape) -> str:
     return "x".join(str(int(s)) for s in shape)
+
+
+def long_case(request, why: str) -> None:
+    """Skip a case that takes minutes on the CPU unless ``--hfk-long`` (or HFK_BENCH_LONG=1)."""
+    if MAIN_DEVICE == "cpu" and not request.config.getoption("--hfk-long"):
+        pytest.skip(f"long CPU case ({why}); run it with --hfk-long")
+
+
+def skip_emulated_bf16(device: str) -> None:
+    """Skip a bf16-autocast case on a CPU that only emulates bfloat16 (no AVX512-BF16/AMX):
+    there the paper's U-Net takes minutes per call, and the figure says nothing about the kernels."""
+    if device != "cpu":
+        return
+    from hfkernels.backends import cpu_bf16
+
+    native, desc = cpu_bf16()
+    if not native:
+        pytest.skip(f"bfloat16 is emulated on this CPU ({desc}): bf16 autocast of the U-Net takes "
+                    "minutes per call and measures the emulation, not hfkernels")
 
 
 def scaled_note(gpu_shape, cpu_shape) -> str:

@@ -22,7 +22,7 @@ import contextlib
 
 import pytest
 import torch
-from conftest import HAS_GPU, MAIN_DEVICE, REFERENCE, best_backend, scaled_note
+from conftest import HAS_GPU, MAIN_DEVICE, REFERENCE, best_backend, long_case, scaled_note, skip_emulated_bf16
 
 import hfkernels
 
@@ -40,6 +40,8 @@ TABLE5 = [
 TABLE9_GPU, TABLE9_CPU = (16, 480, 640), (2, 120, 160)
 TABLE9_PAPER = {"card": "RTX 4090", "batch": 16, "throughput": "22.1 img/s", "VRAM": "~19 GB",
                 "time/epoch": "~0.5 min"}
+#: Table 5 rows that run on the CPU only with --hfk-long (see benchmarks/RESULTS.md, "Long cases")
+LONG_TABLE5_ROWS = (2,)
 ROUNDS = 3 if MAIN_DEVICE == "cpu" else 10
 # the reference comparison on the CPU: 2 interleaved rounds, no warm-up (each call takes seconds)
 CMP = {"rounds": 2, "warmup": False} if MAIN_DEVICE == "cpu" else {"rounds": 10}
@@ -97,10 +99,15 @@ def paper_net():
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("row", range(len(TABLE5)), ids=["b16-256x256", "b16-640x480", "b48-640x480"])
-def test_table5_inference(rec, paper_net, row, precision):
+def test_table5_inference(rec, paper_net, row, precision, request):
     gpu_shape, cpu_shape, paper = TABLE5[row]
     _, guidance_input = _models()
     device = MAIN_DEVICE
+    if precision == "bf16":
+        skip_emulated_bf16(device)
+    if row in LONG_TABLE5_ROWS:
+        long_case(request, f"Table 5 row {row} at {cpu_shape}: the 17 M-parameter U-Net on the reference "
+                           "backend as well, minutes per case")
     b, h, w = gpu_shape if HAS_GPU else cpu_shape
     vis, ir = _pairs(b, h, w, device)
     backend = best_backend("fuse", device)
@@ -162,11 +169,16 @@ def _train_step(tr, vis, ir):
 
 
 PRESETS = ["paper"] if HAS_GPU else ["tiny", "small", "paper"]
+#: presets that run on the CPU only with --hfk-long
+LONG_TABLE9_PRESETS = ("paper",)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_table9_training(rec, tmp_path, preset):
+def test_table9_training(rec, tmp_path, preset, request):
     device = MAIN_DEVICE
+    if preset in LONG_TABLE9_PRESETS:
+        long_case(request, f"Table 9 with the {preset} preset: a 17 M-parameter training step, "
+                           "and the same on the reference backend, take minutes")
     b, h, w = TABLE9_GPU if HAS_GPU else TABLE9_CPU
     vis, ir = _pairs(b, h, w, device)
     backend = best_backend("fuse", device)

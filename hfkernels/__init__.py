@@ -21,6 +21,7 @@ if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
 
 from .core.backends import BackendUnavailableError, available_backends, backend_status
 from .core.fusion import (
+    LaplacianPyramidFusion,
     fuse,
     fuse_color,
     heuristic_blend,
@@ -56,6 +57,7 @@ __all__ = [
     "BackendUnavailableError",
     "available_backends",
     "backend_status",
+    "LaplacianPyramidFusion",
     "fuse",
     "fuse_color",
     "heuristic_blend",

@@ -16,6 +16,7 @@ Example counts scale with the hypothesis profile (tests/conftest.py): ``ci`` by 
 minute on 2 cores, derandomized), ``--hypothesis-profile=long`` for a long local run.
 """
 import math
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,7 @@ WEIGHTS = {
     ("ssim", "torch"): 3, ("ssim", "cpu"): 3, ("ssim", "triton"): 1,
     ("gradient_max", "torch"): 3, ("gradient_max", "cpu"): 3, ("gradient_max", "triton"): 1,
     ("FusionLoss", None): 1, ("evaluate", None): 3,
+    ("weights file", None): 3, ("checkpoint json", None): 3, ("image file", None): 4,
 }
 
 
@@ -630,3 +632,240 @@ def check_evaluate(case):
 
 def test_evaluate():
     run("evaluate", None, evaluate_cases(), check_evaluate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaded files (issue 21): weights files, checkpoint records and image files are untrusted input.
+# Property: each loads as what it claims to be, or raises one named error (ValueError / TypeError /
+# FileNotFoundError) whose message names the file -- never a traceback from safetensors, json,
+# load_state_dict or PIL, never a silent load of NaN, int or misshapen weights.
+
+FILE_ERRORS = (ValueError, TypeError, FileNotFoundError)
+
+
+def _tiny_state():
+    from hfkernels.models import GuidanceUNet
+
+    torch.manual_seed(0)
+    m = GuidanceUNet(preset="tiny", guide="residual")
+    return m.config(), {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+TINY = None
+
+WEIGHT_MUTATIONS = (None, None, "drop", "extra", "shape", "int8", "bool", "nan", "inf", "float16", "bytes",
+                    "truncate", "empty", "config base", "config str", "config missing", "config json",
+                    "config guide", "config extra")
+
+
+@st.composite
+def weights_cases(draw):
+    return {"mutation": draw(st.sampled_from(WEIGHT_MUTATIONS)), "pick": draw(st.integers(0, 10**6)),
+            "value": draw(st.sampled_from([0, -1, 65, 3000, 10**9, "12", None, 1.5, True]))}
+
+
+def _write_weights(path, case):
+    import json as _json
+
+    from safetensors.torch import save
+
+    global TINY
+    TINY = TINY or _tiny_state()
+    config, sd = dict(TINY[0]), dict(TINY[1])
+    names = sorted(sd)
+    k = names[case["pick"] % len(names)]
+    mut = case["mutation"] or ""
+    if mut == "drop":
+        del sd[k]
+    elif mut == "extra":
+        sd["x.weight"] = torch.zeros(3)
+    elif mut == "shape":
+        sd[k] = torch.zeros(*(s + 1 for s in sd[k].shape)) if sd[k].dim() else torch.zeros(2)
+    elif mut in ("int8", "bool"):
+        sd[k] = sd[k].to(torch.int8 if mut == "int8" else torch.bool)
+    elif mut in ("nan", "inf") and sd[k].is_floating_point() and sd[k].numel():
+        sd[k] = sd[k].clone()
+        sd[k].view(-1)[case["pick"] % sd[k].numel()] = float(mut)
+    elif mut == "float16":
+        sd = {n: (v.half() if v.is_floating_point() else v) for n, v in sd.items()}
+    elif mut.startswith("config"):
+        if mut == "config base":
+            config["base"] = case["value"]
+        elif mut == "config str":
+            config["in_channels"] = str(config["in_channels"])
+        elif mut == "config missing":
+            config.pop("guide")
+        elif mut == "config guide":
+            config["guide"] = case["value"]
+        elif mut == "config extra":
+            config["depth"] = case["value"]
+    meta = {"format": "hfkernels-checkpoint-1",
+            "config": "{not json" if mut == "config json" else _json.dumps(config)}
+    blob = save(sd, metadata=meta)
+    if mut == "bytes":
+        blob = bytes(np_rng(case["pick"]).integers(0, 256, 512, dtype="uint8"))
+    elif mut == "truncate":
+        blob = blob[: case["pick"] % len(blob)]
+    elif mut == "empty":
+        blob = b""
+    path.write_bytes(blob)
+
+
+def np_rng(seed):
+    import numpy as np
+
+    return np.random.default_rng(seed)
+
+
+def expect_file_error(fn, path, what) -> bool:
+    """True if ``fn()`` raised a named error naming ``path``; False if it returned."""
+    try:
+        fn()
+    except FILE_ERRORS as e:
+        assert Path(path).name in str(e), f"{what}: error does not name {path}: {e}"
+        return True
+    return False
+
+
+def check_weights(case):
+    import tempfile
+
+    from hfkernels.checkpoint import load_model
+
+    note(str(case))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.safetensors"
+        _write_weights(path, case)
+        failed = expect_file_error(lambda: load_model(path), path, case["mutation"])
+        mut = case["mutation"]
+        must_fail = mut not in (None, "float16", "config missing", "nan", "inf") or (
+            mut in ("nan", "inf") and TINY[1][sorted(TINY[1])[case["pick"] % len(TINY[1])]].is_floating_point())
+        if mut == "config base":
+            must_fail = case["value"] != TINY[0]["base"]
+        if mut == "config guide":
+            must_fail = case["value"] not in ("residual", "scratch")
+        assert failed == must_fail, f"{mut}: loaded={not failed}, expected failure={must_fail}"
+        return failed
+
+
+def test_weights_files():
+    run("weights file", None, weights_cases(), check_weights)
+
+
+RECORD_NAMES = ("model.safetensors", "../model.safetensors", "/etc/passwd", "sub/model.safetensors", "", ".",
+                "..", "link.safetensors", "missing.safetensors")
+
+
+@st.composite
+def checkpoint_json_cases(draw):
+    fields = {"format": st.just("hfkernels-checkpoint-1"),
+              "epoch": st.one_of(st.integers(-2, 5), st.text(max_size=3), st.none(), st.booleans(), st.floats()),
+              "model": st.one_of(st.sampled_from(RECORD_NAMES), st.integers(), st.none(), st.lists(st.integers(), max_size=2)),
+              "optimizer": st.one_of(st.none(), st.sampled_from(RECORD_NAMES)),
+              "extra": st.one_of(st.just({}), st.integers(), st.text(max_size=3))}
+    record = {"format": "hfkernels-checkpoint-1", "epoch": draw(st.integers(0, 5)), "model": "model.safetensors"}
+    # one field in three made hostile, one in six dropped; the rest stays a valid record
+    for k, v in fields.items():
+        roll = draw(st.integers(0, 5))
+        if roll < 2:
+            record[k] = draw(v)
+        elif roll == 2:
+            record.pop(k, None)
+    shape = draw(st.sampled_from(("object", "object", "object", "list", "text", "broken", "empty", "binary")))
+    return {"record": record, "shape": shape}
+
+
+def check_checkpoint_json(case):
+    import json as _json
+    import tempfile
+
+    from hfkernels.checkpoint import load_checkpoint
+
+    note(str(case))
+    with tempfile.TemporaryDirectory() as d:
+        run_dir = Path(d) / "run"
+        run_dir.mkdir()
+        _write_weights(run_dir / "model.safetensors", {"mutation": None, "pick": 0, "value": 0})
+        (Path(d) / "model.safetensors").write_bytes((run_dir / "model.safetensors").read_bytes())
+        (run_dir / "link.safetensors").symlink_to(Path(d) / "model.safetensors")
+        (run_dir / "sub").mkdir()
+        rec, shape = case["record"], case["shape"]
+        text = {"object": _json.dumps(rec), "list": _json.dumps([rec]), "text": '"hello"',
+                "broken": _json.dumps(rec)[:-1], "empty": "", "binary": None}[shape]
+        path = run_dir / "checkpoint.json"
+        path.write_bytes(b"\xff\xfe\x00" if text is None else text.encode())
+        failed = expect_file_error(lambda: load_checkpoint(run_dir, optimizer=False), "checkpoint.json", shape)
+        ok_record = (shape == "object" and rec.get("model") == "model.safetensors"
+                     and isinstance(rec.get("epoch"), int) and not isinstance(rec.get("epoch"), bool)
+                     and rec["epoch"] >= 0)
+        assert failed != ok_record, f"{case}: loaded={not failed}"
+        return failed
+
+
+def test_checkpoint_json():
+    run("checkpoint json", None, checkpoint_json_cases(), check_checkpoint_json)
+
+
+IMAGE_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I", "F", "CMYK")
+IMAGE_FORMATS = {".png": ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I"), ".tif": ("1", "L", "P", "RGB", "RGBA", "I;16", "I", "F", "CMYK"),
+                 ".bmp": ("1", "L", "P", "RGB"), ".jpg": ("L", "RGB", "CMYK"), ".webp": ("RGB", "RGBA")}
+
+
+@st.composite
+def image_file_cases(draw):
+    ext = draw(st.sampled_from(sorted(IMAGE_FORMATS)))
+    return {"ext": ext, "mode": draw(st.sampled_from(IMAGE_FORMATS[ext])), "h": draw(st.integers(1, 40)),
+            "w": draw(st.integers(1, 40)), "seed": draw(st.integers(0, 2**31 - 1)),
+            "read": draw(st.sampled_from(("rgb", "gray", "keep"))),
+            "damage": draw(st.sampled_from((None, None, None, "truncate", "garbage", "empty")))}
+
+
+def check_image_file(case):
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from hfkernels.io import read_image
+
+    note(str(case))
+    h, w, mode = case["h"], case["w"], case["mode"]
+    rng = np_rng(case["seed"])
+    if mode in ("I;16", "I"):
+        arr = rng.integers(0, 65536, (h, w)).astype(np.uint16 if mode == "I;16" else np.int32)
+        im = Image.fromarray(arr, mode) if mode == "I;16" else Image.fromarray(arr)
+    elif mode == "F":
+        im = Image.fromarray(rng.random((h, w)).astype(np.float32))
+    else:
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"x{case['ext']}"
+        try:
+            im.save(path)
+        except (OSError, KeyError, ValueError):
+            return True  # this PIL cannot write the combination: nothing to read
+        if case["damage"] == "truncate":
+            path.write_bytes(path.read_bytes()[: max(1, len(path.read_bytes()) // 3)])
+        elif case["damage"] == "garbage":
+            path.write_bytes(bytes(rng.integers(0, 256, 64, dtype=np.uint8)))
+        elif case["damage"] == "empty":
+            path.write_bytes(b"")
+        try:
+            t = read_image(path, case["read"])
+        except ValueError as e:
+            assert path.name in str(e), f"error does not name the file: {e}"
+            assert case["damage"] is not None, f"an undamaged {mode} {case['ext']} is unreadable: {e}"
+            return True
+        want_c = 3 if case["read"] == "rgb" else 1 if case["read"] == "gray" else None
+        assert t.dtype == torch.float32 and t.dim() == 3 and tuple(t.shape[1:]) == (h, w), tuple(t.shape)
+        assert want_c is None and t.shape[0] in (1, 3) or t.shape[0] == want_c, (case["read"], tuple(t.shape))
+        assert bool(torch.isfinite(t).all()) and float(t.min()) >= 0 and float(t.max()) <= 1, (t.min(), t.max())
+        if mode == "I;16" and case["damage"] is None:
+            # 16-bit samples keep their levels (item 4: once saturated to white)
+            want = torch.from_numpy(np.asarray(Image.open(path), dtype=np.float32) / 65535)
+            torch.testing.assert_close(t[0], want, atol=1e-6, rtol=0)
+        return False
+
+
+def test_image_files():
+    run("image file", None, image_file_cases(), check_image_file)

@@ -297,8 +297,8 @@ def test_eval_json_is_strict_json(tmp_path, monkeypatch):
     d = _eval_set(tmp_path / "set")
     real = M.evaluate
 
-    def degenerate(vis, ir, fused, names=None, protocol="paper"):
-        out = real(vis, ir, fused, names, protocol)
+    def degenerate(vis, ir, fused, names=None, protocol="paper", unavailable="raise"):
+        out = real(vis, ir, fused, names, protocol, unavailable)
         out["EN"] = torch.full_like(out["EN"], float("nan"))
         out["SD"] = torch.full_like(out["SD"], float("inf"))
         return out

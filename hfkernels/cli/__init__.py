@@ -57,6 +57,15 @@ def run_guarded(fn, prog: str) -> int:
             raise
         print(f"{prog}: error: {_message(e)}", file=sys.stderr)
         return 2
+    except (RuntimeError, MemoryError) as e:
+        from ..evaluation import out_of_memory
+
+        if debug or not out_of_memory(e):
+            raise
+        # an allocation that failed: the inputs are too large for this machine, not a bug
+        print(f"{prog}: error: not enough memory ({_message(e).splitlines()[0][:200]}); use smaller images "
+              "(train: --max-size) or a machine with more memory", file=sys.stderr)
+        return 2
 
 
 def parse_device(spec, option: str = "--device"):

@@ -251,6 +251,10 @@ def run(args) -> int:
     jobs = {name: collect_jobs(vis, ir, fused) for name, vis, ir, fused in sets}
     check_eval_outputs(args, [j for js in jobs.values() for j in js],
                        *(p for _, vis, ir, fused in sets for p in (vis, ir, fused)))
+    if args.report and args.checkpoint:
+        from ..evaluation.report import history_of
+
+        history_of(args.checkpoint)  # a damaged run record is named now, not after the evaluation
     fusions, sources = fusions_of(args, device)
     path = evaluation.check_one_path(fusions)
     table_mode = args.baselines or len(fusions) > 1

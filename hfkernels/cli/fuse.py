@@ -86,7 +86,7 @@ def checkpoint_files(run) -> list[Path]:
 def plan(args) -> list[tuple[Path, Path, Path]]:
     """``[(vis file, ir file, fused file)]`` for the arguments, after checking every output
     against the inputs and the files already there (nothing is written before this passes)."""
-    from ..io import check_outputs, describe_unmatched, is_image, match_pairs
+    from ..io import check_outputs, check_pair_sizes, describe_unmatched, is_image, match_pairs
 
     vis, ir, out = Path(args.vis), Path(args.ir), Path(args.out)
     for name, p in (("--vis", vis), ("--ir", ir)):
@@ -114,6 +114,10 @@ def plan(args) -> list[tuple[Path, Path, Path]]:
     if getattr(args, "checkpoint", None):
         inputs += checkpoint_files(args.checkpoint)
     check_outputs(outputs, inputs, overwrite=args.overwrite)
+    try:  # every pair, before the first is written (a rerun would need --overwrite)
+        check_pair_sizes([(a, b) for a, b, _ in jobs])
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     return jobs
 
 
@@ -135,13 +139,27 @@ def swap_hint(vis_path, ir_path) -> str | None:
             "(the colour of --vis is kept); were --vis and --ir swapped?")
 
 
+#: peak memory of ``fuse`` per pixel of a pair on the CPU, float32 (measured, see the README):
+#: the colour fusion, and the packaged guide's network on top (bounded by one tile past
+#: ``hfkernels.guidance.TILE ** 2`` pixels)
+FUSE_BYTES_PER_PIXEL, GUIDE_BYTES_PER_PIXEL = 110, 280
+
+
+def needed_bytes(h: int, w: int, network: bool) -> int:
+    """About how much memory fusing one h x w pair takes (the figures above)."""
+    from ..guidance import MARGIN, TILE
+
+    guide = GUIDE_BYTES_PER_PIXEL * min(h * w, (TILE + 2 * MARGIN) ** 2) if network else 0
+    return FUSE_BYTES_PER_PIXEL * h * w + guide
+
+
 def run(args) -> int:
     import sys
 
     from tqdm import tqdm
 
-    from ..evaluation import colour_fusion
-    from ..io import write_image
+    from ..evaluation import colour_fusion, out_of_memory
+    from ..io import header_size, write_image
 
     device = parse_device(args.device)
     if _video(args, device) is not None:
@@ -152,7 +170,15 @@ def run(args) -> int:
         print(hint, file=sys.stderr)
     fusion = colour_fusion(guidance_of(args, device), args.levels, args.backend)
     for a, b, dst in tqdm(jobs, desc="fuse", unit="pair", disable=len(jobs) < 2):
-        fused, mu = fuse_pair(a, b, fusion, device)
+        try:
+            fused, mu = fuse_pair(a, b, fusion, device)
+        except (RuntimeError, MemoryError) as e:
+            if not out_of_memory(e):
+                raise
+            h, w = header_size(a)
+            need = needed_bytes(h, w, args.mu is None or args.checkpoint is not None)
+            raise CLIError(f"not enough memory to fuse {a} ({w}x{h}): it needs about {need / 2**30:.1f} GiB "
+                           f"on {device}") from None
         write_image(dst, fused)
         if args.save_mu:
             write_image(mu_path(dst), mu)

@@ -117,12 +117,19 @@ def config_from_args(args):
     if args.test:
         cfg.test = list(args.test)
     if args.metrics:
-        cfg.metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        from ..metrics import check_names
+
+        try:  # now, not once per test image after the data has loaded
+            cfg.metrics = list(check_names(args.metrics))
+        except ValueError as e:
+            raise CLIError(f"--metrics: {e}") from None
     if args.synthetic_size:
         try:
             h, w = (int(v) for v in args.synthetic_size.lower().split("x"))
         except ValueError:
             raise CLIError(f"--synthetic-size must look like 96x128, got {args.synthetic_size!r}") from None
+        if h < 1 or w < 1:
+            raise CLIError(f"--synthetic-size must be at least 1x1, got {args.synthetic_size!r}")
         cfg.synthetic_size = (h, w)
     if args.cache:
         cfg.cache = {"auto": "auto", "yes": True, "no": False}[args.cache]

@@ -37,9 +37,26 @@ def fuse(vis, ir, mu, levels: int = 4, *, backend: str | None = None, check: boo
         >>> fuse(vis, ir, torch.full((2, 1, 31, 40), 0.25)).shape
         torch.Size([2, 3, 31, 40])
     """
+    mu = _accepted_mu(vis, mu)
     validate.fusion_inputs(vis, ir, mu, levels, check)
     _, impl = select("fuse", vis.device, vis.dtype, backend)
     return impl(vis, ir, mu, min(levels, max_levels(*vis.shape[-2:])))
+
+
+def _accepted_mu(vis, mu):
+    """``mu`` as the released fusion accepts it where the meaning is clear: a batch-1 map for
+    a batch (broadcast), and a half-precision map beside float32 images inside autocast (what a
+    network under autocast produces; cast up, as autocast would). Anything else is left to the
+    checks, which name it."""
+    if not (isinstance(vis, torch.Tensor) and isinstance(mu, torch.Tensor)) or vis.dim() != 4 or mu.dim() != 4:
+        return mu
+    if (mu.is_floating_point() and vis.is_floating_point() and mu.dtype != vis.dtype
+            and mu.dtype in (torch.float16, torch.bfloat16) and vis.dtype == torch.float32
+            and mu.device == vis.device and torch.is_autocast_enabled(vis.device.type)):
+        mu = mu.to(vis.dtype)
+    if mu.shape[0] == 1 and vis.shape[0] > 1 and mu.shape[1:] == (1, *vis.shape[-2:]):
+        mu = mu.expand(vis.shape[0], -1, -1, -1).contiguous()
+    return mu
 
 
 def laplacian_pyramid(x, levels: int = 4, *, backend: str | None = None) -> list[torch.Tensor]:
@@ -146,8 +163,10 @@ def fuse_color(vis_rgb, ir, mu=None, levels: int = 4, *, backend: str | None = N
     # Keeping Cb, Cr and replacing Y adds the same (Y_fused - Y) to R, G and B (the inverse
     # transform has weight 1 on Y for each), so no full YCbCr round trip is needed: the round
     # trip made a 640x480 frame ~20x slower than the fusion itself (agrees to ~1e-6).
+    # The fused Y is clamped to [0, 1] first, as the released colour path clamps Y before
+    # converting back: an overshooting luma would otherwise shift the hue (up to 26/255 measured).
     y = ref.luma(vis_rgb)
-    fused_y = fuse(y, ir_y, mu, levels, backend=backend, check=check)
+    fused_y = fuse(y, ir_y, mu, levels, backend=backend, check=check).clamp(0, 1)
     return (vis_rgb + (fused_y - y)).clamp(0, 1)
 
 
@@ -203,3 +222,32 @@ def heuristic_blend(vis, ir, value_range=(0.0, 1.0)) -> torch.Tensor:
     """
     vr = _heuristic_inputs(vis, ir, value_range)
     return ref.heuristic_blend(vis, ir, vr)
+
+
+class LaplacianPyramidFusion(torch.nn.Module):
+    """:func:`fuse` as a module, for scripts that hold the fusion as one (``.to(...)``,
+    ``state_dict()`` and the like work; it has no parameters).
+
+    Args:
+        num_levels: pyramid levels (>= 1), as ``levels`` of :func:`fuse`.
+        backend: as :func:`fuse`.
+
+    ``forward(vis, ir, mu)``: vis (B, C, H, W), ir (B, 1|C, H, W), mu (B|1, 1, H, W) ->
+    (B, C, H, W), differentiable in all three.
+
+    Example:
+        >>> LaplacianPyramidFusion(num_levels=4)(torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8),
+        ...                                       torch.rand(1, 1, 8, 8)).shape
+        torch.Size([2, 3, 8, 8])
+    """
+
+    def __init__(self, num_levels: int = 4, *, backend: str | None = None):
+        super().__init__()
+        self.num_levels = validate.levels(num_levels)
+        self.backend = backend
+
+    def forward(self, vis, ir, mu):
+        return fuse(vis, ir, mu, self.num_levels, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"num_levels={self.num_levels}, backend={self.backend!r}"

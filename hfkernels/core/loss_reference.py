@@ -127,7 +127,7 @@ def fusion_loss(
     vis, ir, fused, max_w=RELEASED_WEIGHTS["max_w"], consist_w=RELEASED_WEIGHTS["consist_w"],
     grad_w=RELEASED_WEIGHTS["grad_w"], ssim_w=RELEASED_WEIGHTS["ssim_w"], ssim_ir_w=RELEASED_WEIGHTS["ssim_ir_w"],
     ir_compose=RELEASED_WEIGHTS["ir_compose"], color_w=RELEASED_WEIGHTS["color_w"], window_size=RELEASED_WINDOW,
-    *, ssim_loss_fn=None, gradient_max_fn=None,
+    *, ssim_loss_fn=None, gradient_max_fn=None, elementwise_fn=None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The released loss before the 0.1 training scale: ``(total, weighted terms)``.
 
@@ -137,25 +137,30 @@ def fusion_loss(
 
     ``ssim_loss_fn(x, y, window_size, sigma, data_range)`` and ``gradient_max_fn(a, b, f)``
     default to this module's plain versions; :class:`hfkernels.FusionLoss` passes the fast ops,
-    so the composition of the terms is written once, here.
+    so the composition of the terms is written once, here. ``elementwise_fn(A, B3, F, ir_compose)
+    -> (max_term, consist, color, gA, gB, gF)`` (B3: ir with 3 channels) replaces the elementwise
+    terms and the lumas below by one op (the ``cpu`` backend's ``"lossterms"``).
     """
     ssim_loss_fn = ssim_loss_fn or ssim_loss
     gradient_max_fn = gradient_max_fn or gradient_max
     A, F_ = vis, fused
     B = ir.repeat(1, 3, 1, 1) if ir.shape[1] == 1 else ir
-    gA, gB, gF = luma(A), luma(B), luma(F_)
+    if elementwise_fn is not None:
+        max_term, consist, color, gA, gB, gF = elementwise_fn(A, B, F_, ir_compose)
+    else:
+        gA, gB, gF = luma(A), luma(B), luma(F_)
+
+        use_b = B.mean(1, keepdim=True) > A.mean(1, keepdim=True)
+        target = torch.where(use_b, B, A)
+        max_term = F.l1_loss(F_, target)
+
+        consist = (F.l1_loss(gF, gA) + ir_compose * F.l1_loss(gF, gB)) / 2
+
+        cbA, crA = chroma(A)
+        cbF, crF = chroma(F_)
+        color = F.l1_loss(cbF, cbA) + F.l1_loss(crF, crA)
 
     ssim_term = ssim_loss_fn(A, F_, window_size, 1.5, None) + ssim_ir_w * ssim_loss_fn(gB, gF, window_size, 1.5, None)
-
-    use_b = B.mean(1, keepdim=True) > A.mean(1, keepdim=True)
-    target = torch.where(use_b, B, A)
-    max_term = F.l1_loss(F_, target)
-
-    consist = (F.l1_loss(gF, gA) + ir_compose * F.l1_loss(gF, gB)) / 2
-
-    cbA, crA = chroma(A)
-    cbF, crF = chroma(F_)
-    color = F.l1_loss(cbF, cbA) + F.l1_loss(crF, crA)
 
     grad = gradient_max_fn(gA, gB, gF)
 

@@ -164,8 +164,11 @@ class FusionLoss(nn.Module):
 
     Args:
         max_w, consist_w, grad_w, ssim_w, ssim_ir_w, ir_compose, color_w: term weights (the
-            released defaults).
+            released defaults); from ``ssim_w`` on by keyword only.
         window_size: SSIM window (sigma 1.5, valid padding, released data-range rule).
+        **released: the released loss's keyword names as aliases (:data:`RELEASED_NAMES`:
+            ``max_ratio``, ``consist_ratio``, ``grad_ratio``, ``ssim_ratio``, ``ssim_ir_ratio``,
+            ``color_ratio``, ``ssim_window_size``; ``max_mode="l1"``, ``consist_mode="l1"``).
         backend: a backend implementing ``"ssim"`` and ``"gradient_max"`` (checked here; whether
             it runs on the inputs' device is known only at the call).
         check_range: raise ``ValueError`` when ``vis`` or ``ir`` leaves [-1 - 1e-3, 1 + 1e-3] or
@@ -186,10 +189,35 @@ class FusionLoss(nn.Module):
         ['color', 'consist', 'grad', 'max', 'ssim']
     """
 
-    def __init__(self, max_w=_W["max_w"], consist_w=_W["consist_w"], grad_w=_W["grad_w"], ssim_w=_W["ssim_w"],
+    #: the released loss's keyword names, accepted as aliases (a released script then changes by
+    #: its import line only); its ``max_mode``/``consist_mode`` take only the released "l1"
+    RELEASED_NAMES = {"max_ratio": "max_w", "consist_ratio": "consist_w", "grad_ratio": "grad_w",
+                      "ssim_ratio": "ssim_w", "ssim_ir_ratio": "ssim_ir_w", "color_ratio": "color_w",
+                      "ssim_window_size": "window_size"}
+
+    def __init__(self, max_w=_W["max_w"], consist_w=_W["consist_w"], grad_w=_W["grad_w"], *, ssim_w=_W["ssim_w"],
                  ssim_ir_w=_W["ssim_ir_w"], ir_compose=_W["ir_compose"], color_w=_W["color_w"],
-                 window_size=lref.RELEASED_WINDOW, backend: str | None = None, check_range: bool = True):
+                 window_size=lref.RELEASED_WINDOW, backend: str | None = None, check_range: bool = True,
+                 **released):
         super().__init__()
+        # keyword-only past grad_w: the released loss orders ssim_ir before ssim, so a positional
+        # call would swap them silently
+        given = dict(max_w=max_w, consist_w=consist_w, grad_w=grad_w, ssim_w=ssim_w, ssim_ir_w=ssim_ir_w,
+                     color_w=color_w, window_size=window_size)
+        defaults = dict(_W, window_size=lref.RELEASED_WINDOW)
+        for name, v in released.items():
+            if name in ("max_mode", "consist_mode"):
+                if v != "l1":
+                    raise ValueError(f"{name} must be 'l1' (the only mode the released loss is used with), got {v!r}")
+                continue
+            ours = self.RELEASED_NAMES.get(name)
+            if ours is None:
+                raise TypeError(f"FusionLoss got an unexpected keyword argument {name!r}")
+            if given[ours] != defaults[ours]:
+                raise TypeError(f"FusionLoss got both {ours} and its released name {name}")
+            given[ours] = v
+        max_w, consist_w, grad_w, ssim_w, ssim_ir_w, color_w, window_size = (
+            given[k] for k in ("max_w", "consist_w", "grad_w", "ssim_w", "ssim_ir_w", "color_w", "window_size"))
         for name, v in (("max_w", max_w), ("consist_w", consist_w), ("grad_w", grad_w), ("ssim_w", ssim_w),
                         ("ssim_ir_w", ssim_ir_w), ("ir_compose", ir_compose), ("color_w", color_w)):
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
@@ -237,8 +265,17 @@ class FusionLoss(nn.Module):
             A, ir, F_, **self.weights, window_size=self.window_size,
             ssim_loss_fn=lambda x, y, ws, sigma, dr: ssim_loss(x, y, ws, sigma, dr, backend=bk),
             gradient_max_fn=lambda a, b, f: gradient_max_loss(a, b, f, backend=bk),
+            # one op forward and backward where the backend has it (hfkernels.ops.lossterms_cpu)
+            elementwise_fn=_fused_terms(A, bk),
         )
         return (total, terms) if return_terms else total
+
+
+def _fused_terms(x: torch.Tensor, backend: str | None):
+    """The backend's fused elementwise-terms op (``"lossterms"``) for FusionLoss, or None where
+    the backend chosen for the loss has none (the terms are then composed from ATen ops)."""
+    name, _ = select("ssim", x.device, x.dtype, backend)
+    return get_backend(name).ops.get("lossterms")
 
 
 __all__ = ["ssim", "ssim_per_image", "ssim_loss", "gradient_max_loss", "FusionLoss"]

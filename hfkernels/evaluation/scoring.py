@@ -193,6 +193,8 @@ LABELS = {"vis": "visible as fused", "ir": "infrared as fused", "laplacian": "La
 
 def label(spec: str) -> str:
     """The row label of the fusion :func:`method` makes of ``spec``."""
+    if spec == "guide" and G.DEFAULT_GUIDE not in G.packaged_guides():
+        return LABELS["heuristic"] + " (no packaged guide installed)"
     if spec in LABELS:
         return LABELS[spec]
     if spec.startswith("laplacian:"):
@@ -259,6 +261,19 @@ def fused_and_mu(fusion, vis, ir, own=None, want_mu: bool = True):
 # the loop
 
 
+#: peak memory of scoring one pair with every metric, per pixel (float64 maps; see the README)
+METRIC_BYTES_PER_PIXEL = 600
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says an allocation failed (CPU or CUDA): the input is too large for this
+    machine, a user error to report with the input's name and the memory it needs."""
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and any(
+        s in str(e) for s in ("can't allocate memory", "not enough memory", "Cannot allocate memory"))
+
+
 class EvaluationError(ValueError):
     """Pairs that could not be evaluated (unreadable files, sizes that disagree): ``problems``
     holds one line for each, ``total`` is the number of pairs."""
@@ -270,7 +285,7 @@ class EvaluationError(ValueError):
 
 @torch.no_grad()
 def score(pairs, fusions: dict, metrics=None, protocol: str = "paper", device="cpu", *,
-          keep=None, progress: bool = False, desc: str = "eval") -> dict:
+          keep=None, progress: bool = False, desc: str = "eval", unavailable: str = "raise") -> dict:
     """Score every pair under every fusion.
 
     Args:
@@ -282,6 +297,8 @@ def score(pairs, fusions: dict, metrics=None, protocol: str = "paper", device="c
             ``i``-th pair, then ``keep.add(i, name, vis, ir, made)`` with ``made = {label:
             (fused (1,C,H,W), mu (1,1,H,W) or None)}`` on ``device``.
         progress: a progress bar (for 2 pairs or more).
+        unavailable: ``"nan"``: a metric a pair is too small for is NaN (not available) for that
+            pair; ``"raise"`` (default): the pair is listed as one that could not be evaluated.
     Returns:
         ``{label: {pair name: {metric: float}}}``, metrics in the order of ``metrics``.
     Raises:
@@ -303,11 +320,17 @@ def score(pairs, fusions: dict, metrics=None, protocol: str = "paper", device="c
         kept = keep is not None and keep.wants(i)
         made = {}
         for label, fn in fusions.items():
-            fused, mu = fused_and_mu(fn, vis, ir, own, want_mu=kept)
             try:
-                vals = evaluate(vis, ir, fused, metrics, protocol)
+                fused, mu = fused_and_mu(fn, vis, ir, own, want_mu=kept)
+                vals = evaluate(vis, ir, fused, metrics, protocol, unavailable)
             except ValueError as e:
                 problems.append(f"{p.name}: {e}")
+                break
+            except (RuntimeError, MemoryError) as e:
+                if not out_of_memory(e):
+                    raise
+                problems.append(f"{p.name}: not enough memory for a {vis.shape[-1]}x{vis.shape[-2]} pair "
+                                f"(the metrics need about {METRIC_BYTES_PER_PIXEL * vis.shape[-2] * vis.shape[-1] / 2**30:.1f} GiB)")
                 break
             out[label][p.name] = {k: float(v[0]) for k, v in vals.items()}
             if kept:
@@ -321,9 +344,14 @@ def score(pairs, fusions: dict, metrics=None, protocol: str = "paper", device="c
 
 
 def means(rows: dict) -> dict:
-    """``{pair: {metric: v}}`` -> ``{metric: mean over pairs}`` (empty for no pairs)."""
+    """``{pair: {metric: v}}`` -> ``{metric: mean over pairs}`` (empty for no pairs). A NaN
+    value (a metric not available for that pair) is left out; NaN if no pair has the metric."""
     names = next(iter(rows.values())).keys() if rows else []
-    return {m: math.fsum(r[m] for r in rows.values()) / len(rows) for m in names}
+    out = {}
+    for m in names:
+        vals = [r[m] for r in rows.values() if not math.isnan(r[m])]
+        out[m] = math.fsum(vals) / len(vals) if vals else math.nan
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,4 +391,4 @@ def dump_json(path, obj) -> None:
 __all__ = ["Pair", "pairs_from_files", "spread_indices", "pairs_from_dataset", "Fusion", "PATHS", "guided_fusion",
            "colour_fusion", "laplacian_fusion", "pyramid", "blend_fusion", "check_path", "paths_of", "check_one_path",
            "method", "METHODS", "LABELS", "label", "BASELINES", "fused_and_mu", "EvaluationError", "score", "means",
-           "format_table", "json_safe", "dump_json"]
+           "format_table", "json_safe", "dump_json", "out_of_memory", "METRIC_BYTES_PER_PIXEL"]

@@ -113,29 +113,103 @@ def has_checkpoint(run_dir) -> bool:
     return (Path(run_dir) / CHECKPOINT_JSON).is_file()
 
 
-def load_checkpoint(run_dir, map_location="cpu") -> dict:
+def read_json_file(path, expect: type | tuple | None = None, what: str = "file"):
+    """``read_json(path)`` for a file that may be anything: ValueError naming the file for
+    unreadable, non-UTF-8 or invalid JSON, or (``expect``) a top level of another type."""
+    try:
+        obj = read_json(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} is missing") from None
+    except IsADirectoryError:
+        raise ValueError(f"{what} {path} is a folder, not a JSON file") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not a JSON text file ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+    if expect is not None and not isinstance(obj, expect):
+        names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
+        kinds = {"dict": "a JSON object", "list": "a JSON list"}
+        raise ValueError(f"{what} {path} must hold {kinds.get(names, names)}, got {type(obj).__name__}")
+    return obj
+
+
+def read_history(path) -> list[dict]:
+    """A run's ``history.json``: a list of records, each an object with an int ``"epoch"``;
+    ValueError naming the file and the record otherwise."""
+    hist = read_json_file(path, list, "training history")
+    for i, r in enumerate(hist):
+        if not isinstance(r, dict) or isinstance(r.get("epoch"), bool) or not isinstance(r.get("epoch"), int):
+            raise ValueError(f"training history {path}: record {i} must be an object with an int 'epoch', got "
+                             f"{str(r)[:60]}")
+    return hist
+
+
+def _inside(run_dir: Path, name, field: str, record_path: Path) -> Path:
+    """``run_dir / name`` for a file name read from ``record_path``, refused unless it is a plain
+    name that resolves inside ``run_dir`` (a crafted record may name ``../../x`` or ``/etc/passwd``)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{record_path}: field {field!r} must be a file name, got {name!r}")
+    p = run_dir / name
+    root = run_dir.resolve()
+    if Path(name).is_absolute() or Path(name).name != name or p.resolve().parent != root:
+        raise ValueError(f"{record_path}: field {field!r} names {name!r}, which is not a file inside the run "
+                         f"folder {run_dir}; refusing to read it")
+    return p
+
+
+def load_checkpoint(run_dir, map_location="cpu", optimizer: bool = True) -> dict:
     """Read the last complete checkpoint of a run: ``{"epoch", "model" (state dict),
     "optimizer" (state dict or None), "extra", "config" (model config or None), "guide"}``;
-    ``guide`` is the guide kind (``"scratch"`` for checkpoints written before the field existed)."""
+    ``guide`` is the guide kind (``"scratch"`` for checkpoints written before the field existed).
+    ``optimizer=False`` reads only the model (what fusing and evaluating need).
+
+    Every file is untrusted: a record or weights file that is not what it should be, or that
+    names files outside ``run_dir``, is a ValueError naming the file and the field."""
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT_JSON
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint in {run_dir} (missing {CHECKPOINT_JSON})")
-    record = read_json(path)
-    model_sd, config = _read_model_file(run_dir / record["model"], map_location)
+    record = read_json_file(path, dict, "checkpoint record")
+    for field in ("epoch", "model"):
+        if field not in record:
+            raise ValueError(f"{path}: field {field!r} is missing")
+    epoch = record["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"{path}: field 'epoch' must be a non-negative int, got {epoch!r}")
+    model_sd, config = _read_model_file(_inside(run_dir, record["model"], "model", path), map_location)
     optim = None
-    if record.get("optimizer"):
-        tensors = _read_tensors(run_dir / record["optimizer"], map_location)
-        optim = optimizer_state_from(tensors, record["optimizer_meta"])
+    if optimizer and record.get("optimizer"):
+        opath = _inside(run_dir, record["optimizer"], "optimizer", path)
+        tensors = _read_tensors(opath, map_location)
+        try:
+            optim = optimizer_state_from(tensors, record["optimizer_meta"])
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path}: optimizer state does not match {opath.name} ({type(e).__name__}: {e})") from None
+    extra = record.get("extra", {})
     guide = (config or {}).get("guide") or record.get("guide") or GUIDE_OF_OLD_FILES
-    return {"epoch": int(record["epoch"]), "model": model_sd, "optimizer": optim,
-            "extra": record.get("extra", {}), "config": config, "guide": guide}
+    return {"epoch": epoch, "model": model_sd, "optimizer": optim,
+            "extra": extra if isinstance(extra, dict) else {}, "config": config, "guide": guide}
 
 
-def _read_tensors(path: Path, map_location):
+#: dtypes a weights file may hold (an int8 or bool "weight" loads into a float model silently)
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _read_tensors(path: Path, map_location, check: bool = True):
+    from safetensors import SafetensorError
+
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} is missing")
-    tensors = st_load(path.read_bytes())
+        raise FileNotFoundError(f"checkpoint file {path} is missing" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        tensors = st_load(path.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+    if check:
+        for name, t in tensors.items():
+            if t.dtype not in WEIGHT_DTYPES and not name.endswith(("num_batches_tracked", "/step")):
+                raise ValueError(f"{path}: tensor {name!r} has dtype {t.dtype}; weights must be floating point")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{path}: tensor {name!r} holds NaN or infinite values")
     return {k: v.to(map_location) for k, v in tensors.items()}
 
 
@@ -145,34 +219,64 @@ def _read_model_file(path: Path, map_location):
     tensors = _read_tensors(path, map_location)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    config = json.loads(meta["config"]) if "config" in meta else None
+    config = None
+    if "config" in meta:
+        try:
+            config = json.loads(meta["config"])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: the model config in its metadata is not valid JSON: {e}") from None
     return tensors, config
+
+
+def check_state(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """Names and shapes of ``state`` against ``model``'s, each mismatch named (load_state_dict
+    would raise a RuntimeError listing them, or copy what it can with strict=False)."""
+    want = model.state_dict()
+    missing = sorted(set(want) - set(state))
+    extra = sorted(set(state) - set(want))
+    if missing or extra:
+        parts = ([f"missing {len(missing)} tensor(s), e.g. {missing[0]!r}"] if missing else []) + (
+            [f"{len(extra)} unknown tensor(s), e.g. {extra[0]!r}"] if extra else [])
+        raise ValueError(f"{path}: weights do not fit the model config ({'; '.join(parts)})")
+    for k, t in state.items():
+        if tuple(t.shape) != tuple(want[k].shape):
+            raise ValueError(f"{path}: tensor {k!r} has shape {tuple(t.shape)}, the model config needs "
+                             f"{tuple(want[k].shape)}")
 
 
 def load_model(path, map_location="cpu"):
     """Rebuild a :class:`~hfkernels.models.GuidanceUNet` from a run folder (its last checkpoint)
-    or from a model ``.safetensors`` file; returns it in train mode on ``map_location``."""
+    or from a model ``.safetensors`` file; returns it in train mode on ``map_location``. Only the
+    model is read (not the optimizer state); every file is checked as :func:`load_checkpoint`
+    says, and the weights against the config (names, shapes, dtypes, finite values)."""
     path = Path(path)
     if path.is_dir():
         if not has_checkpoint(path):
             raise FileNotFoundError(
                 f"{path} holds no trained model (no {CHECKPOINT_JSON}); train one with `hfkernels train --out {path}`"
             )
-        ck = load_checkpoint(path, map_location)
+        ck = load_checkpoint(path, map_location, optimizer=False)
         state, config = ck["model"], ck["config"]
+        weights = path / str(read_json_file(path / CHECKPOINT_JSON, dict)["model"])
     elif path.is_file():
         state, config = _read_model_file(path, map_location)
+        weights = path
     else:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    where = str(weights)
     if config is None:
         cfg_file = (path if path.is_dir() else path.parent) / CONFIG_JSON
         if not cfg_file.is_file():
             raise ValueError(f"{path}: no model configuration (neither in the weights file nor {cfg_file})")
-        config = read_json(cfg_file)["model"]
-    model = build_model(config)
+        saved = read_json_file(cfg_file, dict, "run configuration")
+        if "model" not in saved:
+            raise ValueError(f"{cfg_file}: field 'model' is missing")
+        config, where = saved["model"], str(cfg_file)
+    model = build_model(config, where)
+    check_state(model, state, weights)
     model.load_state_dict(state)
     return model.to(map_location)
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "read_json", "save_checkpoint", "load_checkpoint",
+__all__ = ["atomic_write_bytes", "atomic_write_json", "read_json", "read_json_file", "read_history", "save_checkpoint", "load_checkpoint",
            "has_checkpoint", "load_model", "CHECKPOINT_JSON", "CONFIG_JSON"]

@@ -71,6 +71,9 @@ class GuidanceUNet(nn.Module):
             correction to the heuristic guidance, which it equals before training; needs
             ``in_channels == 2`` holding :func:`guidance_input`). See the module docstring.
 
+    ``forward(x, tile=None, margin=160)``: with ``tile``, an input of more than ``tile**2`` pixels
+    goes through the network tile by tile (memory of one tile; see :meth:`_trunk_tiled`).
+
     ``forward(x)`` takes (B, in_channels, H, W) and returns ``(mu, logvar)``, each (B, 1, H, W):
     ``mu`` in [0, 1] (``sigmoid(output 0)`` for ``scratch``; the corrected heuristic for
     ``residual``, in float32) and ``logvar = output 1``. With ``return_logit=True`` it returns
@@ -121,7 +124,34 @@ class GuidanceUNet(nn.Module):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "base": self.base, "preset": self.preset, "guide": self.guide}
 
-    def forward(self, x: torch.Tensor, return_logit: bool = False):
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(F.max_pool2d(skips[-1], 2)))
+        y = skips.pop()
+        for up in self.ups:
+            y = up(y, skips.pop())
+        return self.outc(y)
+
+    def _trunk_tiled(self, x: torch.Tensor, tile: int, margin: int) -> torch.Tensor:
+        """``_trunk(x)`` tile by tile on a padded input (sides multiples of 16): windows start on
+        the pooling grid, so each tile sees the full-image computation except for zero padding
+        ``margin`` pixels beyond its edge."""
+        m = self.MULTIPLE
+        tile, margin = max(m, tile // m * m), -(-margin // m) * m
+        h, w = x.shape[-2:]
+        out = None
+        for y0 in range(0, h, tile):
+            for x0 in range(0, w, tile):
+                y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
+                ya, xa, yb, xb = max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
+                o = self._trunk(x[..., ya:yb, xa:xb])
+                if out is None:
+                    out = o.new_empty(x.shape[0], o.shape[1], h, w)
+                out[..., y0:y1, x0:x1] = o[..., y0 - ya:y1 - ya, x0 - xa:x1 - xa]
+        return out
+
+    def forward(self, x: torch.Tensor, return_logit: bool = False, tile: int | None = None, margin: int = 160):
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"x must be a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x))}")
         if x.shape[1] != self.in_channels:
@@ -133,13 +163,8 @@ class GuidanceUNet(nn.Module):
         if ph or pw:
             # replicate (not reflect): reflect needs the pad to be smaller than the image.
             x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], mode="replicate")
-        skips = [self.inc(x)]
-        for down in self.downs:
-            skips.append(down(F.max_pool2d(skips[-1], 2)))
-        y = skips.pop()
-        for up in self.ups:
-            y = up(y, skips.pop())
-        out = self.outc(y)
+        out = self._trunk(x) if tile is None or x.shape[-2] * x.shape[-1] <= tile * tile else \
+            self._trunk_tiled(x, tile, margin)
         if ph or pw:
             out = out[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
         z = out[:, :1]
@@ -167,10 +192,41 @@ def residual_mu(h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return (h + (torch.sigmoid(lg + delta.float()) - torch.sigmoid(lg))).clamp(0.0, 1.0)
 
 
-def build_model(config: dict) -> GuidanceUNet:
+#: bounds of a model config read from a file: the presets' range (a crafted "base": 3000 would
+#: allocate gigabytes before anything else could fail)
+CONFIG_BOUNDS = {"in_channels": (1, 4), "out_channels": (1, 4), "base": (1, max(PRESETS.values()))}
+
+
+def check_config(config, where: str = "model config") -> dict:
+    """``config`` (as :meth:`GuidanceUNet.config` writes it) checked field by field: a dict with
+    only known fields, ints within :data:`CONFIG_BOUNDS`, a known preset and guide. Raises
+    ValueError naming ``where`` and the field."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: the model config must be a JSON object, got {type(config).__name__}")
+    extra = sorted(set(config) - {"in_channels", "out_channels", "base", "preset", "guide"})
+    if extra:
+        raise ValueError(f"{where}: unknown model config field(s) {', '.join(map(repr, extra))}")
+    for key, (lo, hi) in CONFIG_BOUNDS.items():
+        v = config.get(key)
+        if v is None and key == "base":
+            continue
+        if key in config and (isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi):
+            raise ValueError(f"{where}: model config field {key!r} must be an int in [{lo}, {hi}], "
+                             f"got {v!r} ({type(v).__name__})")
+    if config.get("preset") is not None and config["preset"] not in PRESETS:
+        raise ValueError(f"{where}: model config field 'preset' must be one of {sorted(PRESETS)} or null, "
+                         f"got {config['preset']!r}")
+    if "guide" in config and config["guide"] not in GUIDES:
+        raise ValueError(f"{where}: model config field 'guide' must be one of {', '.join(GUIDES)}, "
+                         f"got {config['guide']!r}")
+    return dict(config)
+
+
+def build_model(config: dict, where: str = "model config") -> GuidanceUNet:
     """A :class:`GuidanceUNet` from :meth:`GuidanceUNet.config` output (a config without ``guide``,
-    as written before residual guides existed, builds a ``scratch`` guide)."""
-    cfg = dict(config)
+    as written before residual guides existed, builds a ``scratch`` guide), checked by
+    :func:`check_config` (``where`` names its source in errors)."""
+    cfg = check_config(config, where)
     cfg.setdefault("guide", GUIDE_OF_OLD_FILES)
     preset = cfg.pop("preset", None)
     base = cfg.pop("base", None)
@@ -224,5 +280,5 @@ def kl_term(logit: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.mean(1 + logvar - logit.pow(2) - logvar.exp())
 
 
-__all__ = ["PRESETS", "GUIDES", "EPS", "GuidanceUNet", "build_model", "count_parameters", "guidance_input",
+__all__ = ["PRESETS", "GUIDES", "EPS", "GuidanceUNet", "build_model", "check_config", "CONFIG_BOUNDS", "count_parameters", "guidance_input",
            "forward_pair", "heuristic_from_input", "residual_mu", "kl_term"]

@@ -21,9 +21,12 @@ Example::
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
+import sys
 from importlib.resources import as_file, files
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -71,21 +74,44 @@ def packaged_guides() -> list[str]:
     return list(_installed_guides())
 
 
+def _guides_folder():
+    return files("hfkernels.guidance") / "guides"
+
+
 @functools.cache
 def _installed_guides() -> tuple[str, ...]:
     # read once: default_guidance() asks on every fuse_color(vis, ir) call
-    folder = files("hfkernels.guidance") / "guides"
+    folder = _guides_folder()
     if not folder.is_dir():
         return ()
     return tuple(sorted(f.name[: -len(".safetensors")] for f in folder.iterdir()
-                        if f.name.endswith(".safetensors") and (folder / (f.name[: -len(".safetensors")] + ".json")).is_file()))
+                        if f.name.endswith(".safetensors") and f.is_file()
+                        and (folder / (f.name[: -len(".safetensors")] + ".json")).is_file()))
 
 
 def guide_card(name: str = SHIPPED_GUIDE) -> dict:
-    """The record of packaged guide ``name``: ``{"model", "weights", "recipe", "data", "scores"}``."""
+    """The record of packaged guide ``name``: ``{"model", "weights", "recipe", "data", "scores"}``
+    (ValueError naming the file if it is not such a record)."""
     if name not in packaged_guides():
         raise ValueError(f"no packaged guide {name!r}; installed: {packaged_guides() or 'none'}")
-    return json.loads((files("hfkernels.guidance") / "guides" / f"{name}.json").read_text())
+    return _card(name)
+
+
+@functools.cache
+def _card(name: str) -> dict:
+    path = _guides_folder() / f"{name}.json"
+    try:
+        card = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"packaged guide record {path} is not valid JSON ({e}); reinstall hfkernels") from None
+    if not isinstance(card, dict):
+        raise ValueError(f"packaged guide record {path} must hold a JSON object, got {type(card).__name__}")
+    for field, kind in (("model", dict), ("weights", dict), ("recipe", dict)):
+        if not isinstance(card.get(field), kind):
+            raise ValueError(f"packaged guide record {path}: field {field!r} is missing or not an object")
+    if not isinstance(card["weights"].get("sha256"), str):
+        raise ValueError(f"packaged guide record {path}: field 'weights.sha256' is missing")
+    return card
 
 
 def packaged_guidance(name: str = SHIPPED_GUIDE, device=None) -> MuFn:
@@ -98,7 +124,12 @@ def packaged_guidance(name: str = SHIPPED_GUIDE, device=None) -> MuFn:
 
 @functools.lru_cache(maxsize=4)
 def _load_packaged(name: str, device: str | None) -> MuFn:
-    with as_file(files("hfkernels.guidance") / "guides" / f"{name}.safetensors") as path:
+    with as_file(_guides_folder() / f"{name}.safetensors") as path:
+        # the record's hash, once per load: a damaged or swapped file is named, not run
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        if digest != guide_card(name)["weights"]["sha256"]:
+            raise ValueError(f"packaged guide {path} does not match the sha256 in its record {name}.json "
+                             "(damaged or replaced); reinstall hfkernels, or use --mu heuristic")
         fn = load_guidance(path, device=device)
     fn.name = name
     return fn
@@ -110,7 +141,15 @@ def default_guidance(device=None) -> MuFn:
     the inputs' device). ``describe_default()`` says which one it is."""
     if SHIPPED_GUIDE in packaged_guides():
         return packaged_guidance(SHIPPED_GUIDE, device)
+    _say_no_guide()
     return heuristic_guidance
+
+
+@functools.cache
+def _say_no_guide() -> None:
+    # once per process: a fallback nobody hears of makes "the trained guide" a lie
+    print(f"hfkernels: warning: the packaged trained guide ({_guides_folder() / (SHIPPED_GUIDE + '.safetensors')}) "
+          "is not installed; using the heuristic guidance map", file=sys.stderr)
 
 
 def describe_default() -> str:
@@ -168,12 +207,30 @@ def load_guidance(run_dir, device=None) -> MuFn:
         target = dev or vis.device
         if next(model.parameters()).device != target:
             model.to(target)
-        mu, _ = forward_pair(model, vis.to(target, torch.float32), ir.to(target, torch.float32), fast=False)
+        mu = tiled_forward(model, vis.to(target, torch.float32), ir.to(target, torch.float32))
+        if not bool(torch.isfinite(mu).all()):
+            # finite but huge weights overflow: never let NaN through as an all-black fusion
+            raise ValueError(f"the guidance network of {run_dir} gives NaN or infinite mu for this input "
+                             "(damaged weights?)")
         return mu.float().clamp(0, 1).to(vis.device)
 
     mu_fn.model = model
     mu_fn.guide = model.guide
     return mu_fn
+
+
+#: side of the square tiles a large image's guidance is computed in, and the context each tile
+#: sees beyond its edges (the U-Net's reach)
+TILE, MARGIN = 1024, 160
+
+
+def tiled_forward(model: torch.nn.Module, vis: torch.Tensor, ir: torch.Tensor, *, tile: int | None = None,
+                  margin: int | None = None, fast: bool = False) -> torch.Tensor:
+    """The network's ``mu`` (B, 1, H, W) for vis (B, 1|3, H, W), ir (B, 1|3, H, W) in [0, 1],
+    computed tile by tile when the image has more than ``tile**2`` pixels (see
+    :class:`hfkernels.models.GuidanceUNet`): memory is then bounded by one tile whatever the image
+    size (a full-image forward of the ``small`` guide takes about 280 MB a megapixel)."""
+    return forward_pair(model, vis, ir, fast=fast, tile=tile or TILE, margin=MARGIN if margin is None else margin)[0]
 
 
 def model_guidance(model: torch.nn.Module) -> MuFn:
@@ -184,7 +241,7 @@ def model_guidance(model: torch.nn.Module) -> MuFn:
 
     @torch.no_grad()
     def mu_fn(vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        return forward_pair(model, vis, ir)[0].float()
+        return tiled_forward(model, vis, ir, fast=True).float()
 
     mu_fn.model = model
     return mu_fn
@@ -192,4 +249,4 @@ def model_guidance(model: torch.nn.Module) -> MuFn:
 
 __all__ = ["MuFn", "HEURISTIC", "SHIPPED_GUIDE", "parse", "constant", "packaged_guides", "guide_card",
            "packaged_guidance", "default_guidance", "describe_default", "resolve", "load_guidance",
-           "model_guidance"]
+           "model_guidance", "tiled_forward", "TILE", "MARGIN"]

@@ -24,8 +24,10 @@ from .files import (
     atomic_write_json,
     check_output_folder,
     check_outputs,
+    check_pair_sizes,
     data_root,
     describe_unmatched,
+    header_size,
     is_image,
     is_stream,
     list_images,
@@ -39,7 +41,8 @@ from .files import (
 __all__ = [
     "IR_NAMES", "VIS_NAMES", "DataError", "PairDataset", "PairSet", "find_sets", "fit_size",
     "to_uint8", "IMAGE_EXTS", "OutputError", "PairingError", "Pairs", "atomic_write_bytes",
-    "atomic_write_json", "check_output_folder", "check_outputs", "data_root", "describe_unmatched",
+    "atomic_write_json", "check_output_folder", "check_outputs", "check_pair_sizes", "data_root",
+    "describe_unmatched", "header_size",
     "is_image", "is_stream", "list_images", "match_pairs", "read_image", "read_json", "write_image",
     "write_output",
 ]

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .files import PairingError, describe_unmatched, match_pairs, read_image
+from .files import PairingError, describe_unmatched, header_size, match_pairs, read_image
 
 VIS_NAMES = ("vi", "vis", "visible", "rgb")
 IR_NAMES = ("ir", "infrared", "lwir", "thermal")
@@ -110,15 +110,6 @@ def fit_size(h: int, w: int, max_size: int | None) -> tuple[int, int]:
     return max(1, round(h * s)), max(1, round(w * s))
 
 
-def _header_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the file header, without decoding the pixels."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        w, h = im.size
-    return h, w
-
-
 class PairDataset(torch.utils.data.Dataset):
     """The image pairs of one or more :class:`PairSet` (or data arguments for :func:`find_sets`).
 
@@ -153,7 +144,7 @@ class PairDataset(torch.utils.data.Dataset):
                 problems.append(describe_unmatched(s.vis_dir, s.ir_dir, res))
             for a, b in res.pairs:
                 try:
-                    sa, sb = _header_size(a), _header_size(b)
+                    sa, sb = header_size(a), header_size(b)
                 except Exception as e:  # noqa: BLE001 - PIL raises many types; report them all
                     problems.append(f"unreadable image in pair {a} / {b}: {e}")
                     continue

@@ -5,6 +5,7 @@ Every error names the file (or files) at fault; nothing is dropped silently.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
@@ -41,24 +42,35 @@ def read_image(path, mode: str = "keep") -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im.load()
-            if mode == "keep":
-                im = im.convert("L") if im.mode in ("L", "LA", "1", "P") and _is_gray(im) else (
-                    im if im.mode in ("I;16", "I", "F") else im.convert("RGB")
-                )
-            elif mode == "rgb":
-                im = im.convert("RGB")
-            elif mode == "gray":
-                im = im if im.mode in ("I;16", "I", "F", "L") else im.convert("L")
-            else:
+            if mode not in ("rgb", "gray", "keep"):
                 raise ValueError(f"mode must be 'rgb', 'gray' or 'keep', got {mode!r}")
-            arr = np.array(im)
-    except (OSError, SyntaxError) as e:
+            if _high_depth(im.mode):
+                # one gray channel of more than 8 bits: PIL's convert("RGB"/"L") would clip it to
+                # 255 (a 16-bit image turns white), so it is scaled here and repeated for "rgb"
+                arr = np.array(im)
+            elif mode == "keep":
+                arr = np.array(im.convert("L") if im.mode in ("L", "LA", "1", "P") and _is_gray(im)
+                               else im.convert("RGB"))
+            else:
+                arr = np.array(im.convert("RGB" if mode == "rgb" else "L"))
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
-    scale = 65535.0 if arr.dtype == np.uint16 or arr.dtype == np.int32 else 255.0
     if arr.dtype in (np.float32, np.float64):
         scale = 1.0
+    elif arr.dtype == np.uint8:
+        scale = 255.0
+    else:  # I;16* (uint16) and I (int32) hold 16-bit samples
+        scale = 65535.0
     t = torch.from_numpy(arr.astype(np.float32) / scale)
-    return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
+    if t.dim() == 2:
+        t = t[None].expand(3, -1, -1).contiguous() if mode == "rgb" else t[None]
+    else:
+        t = t.permute(2, 0, 1).contiguous()
+    return t
+
+
+def _high_depth(pil_mode: str) -> bool:
+    return pil_mode.startswith("I;16") or pil_mode in ("I", "F")
 
 
 def _is_gray(im) -> bool:
@@ -70,7 +82,8 @@ def _is_gray(im) -> bool:
 
 
 def write_image(path, x: torch.Tensor) -> None:
-    """Write a (C, H, W) or (1, C, H, W) tensor in [0, 1] (clamped) as an 8-bit image."""
+    """Write a (C, H, W) or (1, C, H, W) tensor in [0, 1] (clamped) as an 8-bit image, atomically
+    (a failed write leaves no half-written file; a symlink at ``path`` is replaced, not followed)."""
     x = x.detach()
     if x.dim() == 4:
         if x.shape[0] != 1:
@@ -81,8 +94,13 @@ def write_image(path, x: torch.Tensor) -> None:
     arr = (x.float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu()
     arr = arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot write image {path}: unknown file type {path.suffix!r} (use .png)")
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    # atomically, under a new inode: a link at ``path`` is replaced, never written through
+    write_output(path, buf.getvalue())
 
 
 def list_images(folder) -> list[Path]:
@@ -248,7 +266,7 @@ def check_outputs(outputs, inputs=(), *, overwrite: bool = False) -> None:
     lies inside an input folder (compared after resolving ``..`` and symlinks, and by inode, so
     a symlink or hard link to an input counts as the input); when two outputs are one file; when
     an output is an existing folder; or when it exists (a file or a link, dangling links
-    included) and ``overwrite`` is false.
+    included) and ``overwrite`` is false; or when a folder it would go into is a file.
     """
     given_of: dict[Path, Path] = {}
     by_inode: dict[tuple, Path] = {}
@@ -276,6 +294,9 @@ def check_outputs(outputs, inputs=(), *, overwrite: bool = False) -> None:
         seen[r] = option
         if out.is_dir():
             raise OutputError(f"{option} {out} is a folder, not a file name")
+        blocker = next((q for q in out.parents if os.path.lexists(q) and not q.is_dir()), None)
+        if blocker is not None:
+            raise OutputError(f"{option} {out} cannot be written: {blocker} is a file, not a folder")
         if exists and not is_stream(out):
             existing.setdefault(option, []).append(out)
     if existing and not overwrite:
@@ -283,6 +304,33 @@ def check_outputs(outputs, inputs=(), *, overwrite: bool = False) -> None:
         parts = "; ".join(f"{option} {_some(paths)}" for option, paths in existing.items())
         what = "already exists" if n == 1 else f"({n} files) already exist"
         raise OutputError(f"{parts} {what}; pass --overwrite to replace, or choose another name")
+
+
+def header_size(path) -> tuple[int, int]:
+    """(H, W) of an image file from its header, without decoding the pixels; ValueError naming
+    the file if it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+    return h, w
+
+
+def check_pair_sizes(pairs) -> None:
+    """Raise ValueError listing every ``(a, b)`` pair of files whose sizes differ or which cannot
+    be read (headers only), so a command can refuse before writing anything."""
+    problems = []
+    for a, b in pairs:
+        try:
+            sa, sb = header_size(a), header_size(b)
+        except ValueError as e:
+            problems.append(str(e))
+            continue
+        if sa != sb:
+            problems.append(f"size mismatch: {a} is {sa[0]}x{sa[1]}, {b} is {sb[0]}x{sb[1]} (HxW)")
+    if problems:
+        raise ValueError(f"{len(problems)} of {len(pairs)} pair(s) cannot be fused:\n  " + "\n  ".join(problems))
 
 
 def data_root() -> Path | None:

@@ -17,7 +17,7 @@ import torch
 
 from . import basic, gradient, histogram, structural
 from . import vif as _vif
-from ._prep import PROTOCOLS, Prepared
+from ._prep import PROTOCOLS, MetricUnavailable, Prepared
 from .temporal import FlickerMeter, flicker
 
 #: metric name -> function of a :class:`Prepared` batch, in the order tables list them
@@ -64,7 +64,7 @@ def check_names(names) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def evaluate(vis, ir, fused, names=None, protocol: str = "paper") -> dict[str, torch.Tensor]:
+def evaluate(vis, ir, fused, names=None, protocol: str = "paper", unavailable: str = "raise") -> dict[str, torch.Tensor]:
     """Compute several metrics at once.
 
     Args:
@@ -73,17 +73,29 @@ def evaluate(vis, ir, fused, names=None, protocol: str = "paper") -> dict[str, t
         fused: (B, 1|3, H, W) fused images (F) in [0, 1].
         names: metric names (see :data:`METRICS`), a comma-separated string, or None for all.
         protocol: ``"paper"`` or ``"standard"`` (see the module docstring).
+        unavailable: ``"raise"`` (default) or ``"nan"``: a metric the images are too small for
+            is then NaN ("not available") instead of an error.
 
     Returns:
         dict name -> (B,) float64 tensor on the inputs' device, in the order of ``names``.
     Raises:
         ValueError / TypeError naming the argument for bad shapes, values outside [0, 1],
         unknown names or protocol; ValueError for images smaller than a metric's window
-        (VIF needs at least 41x41 pixels, SSIM 11x11).
+        (VIF needs at least 41x41 pixels, SSIM 11x11): :class:`MetricUnavailable`.
     """
     names = check_names(names)
+    if unavailable not in ("raise", "nan"):
+        raise ValueError(f"unavailable must be 'raise' or 'nan', got {unavailable!r}")
     x = Prepared(vis, ir, fused, protocol)
-    return {n: _PREPARED[n](x) for n in names}
+    out = {}
+    for n in names:
+        try:
+            out[n] = _PREPARED[n](x)
+        except MetricUnavailable:
+            if unavailable == "raise":
+                raise
+            out[n] = torch.full((x.batch,), float("nan"), dtype=torch.float64, device=x.f.device)
+    return out
 
 
 def _single(name: str):
@@ -106,7 +118,7 @@ def _single(name: str):
 en, mi, vif, qabf, ssim, sd, sf, ag, scd, cc, psnr, mse, nabf = map(_single, METRICS)
 
 __all__ = [
-    "METRICS", "PAPER_METRICS", "PROTOCOLS", "HIGHER_IS_BETTER", "evaluate", "check_names",
+    "METRICS", "PAPER_METRICS", "PROTOCOLS", "HIGHER_IS_BETTER", "MetricUnavailable", "evaluate", "check_names",
     "flicker", "FlickerMeter",
     "en", "mi", "vif", "qabf", "ssim", "sd", "sf", "ag", "scd", "cc", "psnr", "mse", "nabf",
 ]

@@ -108,6 +108,11 @@ def quantised(x255: torch.Tensor, protocol: str) -> torch.Tensor:
     return q.clamp(0, 255).to(torch.int64)
 
 
+
+class MetricUnavailable(ValueError):
+    """A metric that is not defined for these inputs (images smaller than its window)."""
+
+
 class Prepared:
     """The three images scaled to 0..255, their gray versions, and cached derived maps.
 

@@ -43,8 +43,9 @@ def entropy(counts: torch.Tensor, dims, eps: float | None = None) -> torch.Tenso
 def en_prepared(x: Prepared) -> torch.Tensor:
     if x.protocol == "paper":
         lv = quantised(x.f.flatten(1), "paper")
-        return entropy(histogram(lv), dims=-1, eps=1e-7)
-    return entropy(histogram(x.gray_levels[2]), dims=-1)
+        # the published eps makes a one-level histogram -log2(1 + 1e-7) < 0; entropy is >= 0
+        return entropy(histogram(lv), dims=-1, eps=1e-7).clamp_min(0.0)
+    return entropy(histogram(x.gray_levels[2]), dims=-1).clamp_min(0.0)
 
 
 def mutual_information(lx: torch.Tensor, ly: torch.Tensor) -> torch.Tensor:

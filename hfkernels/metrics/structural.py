@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..core.filters import filter_valid_sums, matlab_gaussian
-from ._prep import Prepared
+from ._prep import MetricUnavailable, Prepared
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -49,7 +49,7 @@ def ssim_pairs(maps: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
 def ssim_prepared(x: Prepared) -> torch.Tensor:
     g = x.gray64
     if min(g.shape[-2:]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least 11x11 pixels, got {g.shape[-1]}x{g.shape[-2]}")
+        raise MetricUnavailable(f"SSIM needs images of at least 11x11 pixels, got {g.shape[-1]}x{g.shape[-2]}")
     return ssim_pairs(x.moment_maps, *ssim_constants(x.protocol)).sum(dim=1)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..core.filters import filter_valid, filter_valid_sums, matlab_gaussian
-from ._prep import Prepared, moment_maps
+from ._prep import MetricUnavailable, Prepared, moment_maps
 
 EPS = 1e-10
 SIGMA_NSQ = 2.0
@@ -62,7 +62,7 @@ MIN_SIZE = 41
 def vif_prepared(x: Prepared) -> torch.Tensor:
     g = x.gray64
     if min(g.shape[-2:]) < MIN_SIZE:
-        raise ValueError(
+        raise MetricUnavailable(
             f"VIF needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels (four scales of 'valid' "
             f"windows), got {g.shape[-1]}x{g.shape[-2]}"
         )

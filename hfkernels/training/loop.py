@@ -66,7 +66,7 @@ from ..evaluation import Pair, colour_fusion, means, pairs_from_dataset, score, 
 from ..guidance import checkpoint as ckpt
 from ..guidance import model_guidance
 from ..guidance.models import GuidanceUNet, count_parameters, forward_pair, kl_term
-from ..io import PairDataset, atomic_write_bytes, atomic_write_json, read_json
+from ..io import PairDataset, atomic_write_bytes, atomic_write_json
 from . import epoch_report
 from .batches import BatchLoader
 from .config import BUDGET_EPOCHS, DEFAULT_OUT, TrainConfig
@@ -160,6 +160,7 @@ class Trainer:
                 raise ValueError(
                     f"{self.run_dir} holds a {state['config']} model, but this run builds {model.config()}"
                 )
+            ckpt.check_state(model, state["model"], self.run_dir / ckpt.CHECKPOINT_JSON)
             model.load_state_dict(state["model"])
             if state["optimizer"] is not None:
                 self.optimizer.load_state_dict(state["optimizer"])
@@ -167,7 +168,7 @@ class Trainer:
             hist = self.run_dir / "history.json"
             if hist.is_file():
                 # records after the checkpoint belong to an epoch that did not finish its checkpoint
-                self.history = [r for r in read_json(hist) if r["epoch"] <= self.start_epoch]
+                self.history = [r for r in ckpt.read_history(hist) if r["epoch"] <= self.start_epoch]
             self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}")
         elif self.resume:
             self.log(f"--resume: no checkpoint in {self.run_dir} yet, starting from scratch")
@@ -324,7 +325,8 @@ class Trainer:
             labels = self.pair_labels(ds, idx)
             # set-qualified names: a joined set (Harvard) may hold one file name twice
             pairs = [Pair(lab, p.load) for lab, p in zip(labels, pairs_from_dataset(ds, indices=idx))]
-            out[name] = means(score(pairs, fusion, self.cfg.metrics, device=self.device)["f"])
+            # a metric a pair is too small for is NaN (not available) there, not the end of the run
+            out[name] = means(score(pairs, fusion, self.cfg.metrics, device=self.device, unavailable="nan")["f"])
             mpx += sum(ds.sizes[i][0] * ds.sizes[i][1] for i in idx) / 1e6
         if mpx > 0:
             self.eval_rate = (time.perf_counter() - t0) / mpx
@@ -433,18 +435,20 @@ class Trainer:
         for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
             record = self.train_epoch(epoch)
             if self.dist.main:
+                # the epoch's record and weights before its evaluation, so an evaluation that
+                # fails (or a kill during it) loses no training; history first: a record newer
+                # than the checkpoint is dropped on resume
+                self.history.append(record)
+                atomic_write_json(self.run_dir / "history.json", self.history)
+                ckpt.save_checkpoint(self.run_dir, self.model, self.optimizer, epoch,
+                                     extra={"train_loss": record["train_loss"]})
                 t1 = time.perf_counter()
                 record["eval"] = self.evaluate() if self.test_sets else {}
                 record["eval_pairs"] = eval_pairs
                 sheet = self.contact_sheet(self.run_dir / "sheets" / f"epoch_{epoch:04d}.png")
                 record["eval_seconds"] = time.perf_counter() - t1
                 record["sheet"] = str(sheet.relative_to(self.run_dir)) if sheet else None
-                self.history.append(record)
-                # history first: a record newer than the checkpoint is dropped on resume, so a
-                # kill between the two writes never loses a completed epoch's record
                 atomic_write_json(self.run_dir / "history.json", self.history)
-                ckpt.save_checkpoint(self.run_dir, self.model, self.optimizer, epoch,
-                                     extra={"train_loss": record["train_loss"]})
                 self.log(epoch_report.epoch_line(record))
             self.dist.barrier()
             if record.get("stopped_by_budget"):

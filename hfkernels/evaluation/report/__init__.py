@@ -24,8 +24,8 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import time
 import weakref
 from dataclasses import dataclass
@@ -164,11 +164,12 @@ class ReportPictures:
 
 
 def score_pairs(pairs, fusions: dict, metrics=None, protocol: str = "paper", device="cpu",
-                progress: bool = False, pictures: ReportPictures | None = None) -> dict:
+                progress: bool = False, pictures: ReportPictures | None = None, unavailable: str = "raise") -> dict:
     """``{label: {pair name: {metric: value}}}`` for every pair under every fusion
-    (:func:`hfkernels.evaluation.score`); ``pictures``: gets the fusions of the pairs it shows
-    as they are scored (see :class:`ReportPictures`)."""
-    return score(pairs, fusions, metrics, protocol, device, keep=pictures, progress=progress, desc="report metrics")
+    (:func:`hfkernels.evaluation.score`, ``unavailable`` as there); ``pictures``: gets the fusions
+    of the pairs it shows as they are scored (see :class:`ReportPictures`)."""
+    return score(pairs, fusions, metrics, protocol, device, keep=pictures, progress=progress, desc="report metrics",
+                 unavailable=unavailable)
 
 
 def shown_indices(n: int, limit: int | None) -> list[int]:
@@ -178,12 +179,24 @@ def shown_indices(n: int, limit: int | None) -> list[int]:
 
 
 def _check_out(out_dir: Path, overwrite: bool) -> None:
-    index = out_dir / "index.html"
-    if index.exists() and not overwrite:
-        raise ValueError(f"report folder {out_dir} already holds an index.html; pass --overwrite "
-                         f"(overwrite=True) to replace it, or choose another folder")
+    """Refuse, before any work, a report folder whose page or picture folder (whatever it is: a
+    folder, a file, a link) would be replaced without ``overwrite``."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"report folder {out_dir} exists and is not a folder")
+    for name in ("index.html", ASSETS):
+        if os.path.lexists(out_dir / name) and not overwrite:
+            raise ValueError(f"report folder {out_dir} already holds {name}; pass --overwrite "
+                             f"(overwrite=True) to replace it, or choose another folder")
+
+
+def _replace_assets(staging: Path, assets: Path) -> None:
+    """Put the new picture folder in place of the old one; a link there is replaced, never
+    followed (what it points at is not the page's)."""
+    if assets.is_symlink() or (assets.exists() and not assets.is_dir()):
+        assets.unlink()
+    elif assets.exists():
+        shutil.rmtree(assets)
+    os.replace(staging, assets)
 
 
 def _slug(text: str, taken: set) -> str:
@@ -237,11 +250,16 @@ def _write_pair(folder: Path, rel: str, vis: torch.Tensor, ir: torch.Tensor, mad
 
 
 def _hidden_folder(out_dir: Path, prefix: str) -> Path:
-    """A new uniquely named folder in ``out_dir``, readable by all like the page beside it
-    (``mkdtemp`` makes it private)."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir))
-    folder.chmod(0o755)
-    return folder
+    """A new uniquely named folder in ``out_dir`` with the permissions of any new folder (0777
+    less the umask, like the page beside it; ``mkdtemp`` would make it private)."""
+    for _ in range(100):
+        folder = out_dir / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            folder.mkdir(0o777)
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary folder name in {out_dir}")
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -322,10 +340,7 @@ def write_report(out_dir, sets: list[ReportSet], *, title: str = "hfkernels resu
         lines.append(f"protocol {protocol!r}; written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
                      f"hfkernels {__version__} in {time.perf_counter() - t0:.1f} s (pictures and page)")
         html = render(title, lines, views, history, baseline)
-        assets = out_dir / ASSETS
-        if assets.exists():
-            shutil.rmtree(assets)
-        os.replace(staging, assets)
+        _replace_assets(staging, out_dir / ASSETS)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     index = out_dir / "index.html"
@@ -369,7 +384,8 @@ def training_sets(trainer, limit: int | None = None, progress: bool = False, sub
             # the shown pairs' pictures are written as they are scored: each fusion runs once
             pics = (ReportPictures(trainer.run_dir / "report", pairs, fusions, limit, overwrite=True)
                     if limit != 0 else None)
-            scores = score_pairs(pairs, fusions, cfg.metrics, "paper", trainer.device, progress, pictures=pics)
+            scores = score_pairs(pairs, fusions, cfg.metrics, "paper", trainer.device, progress, pictures=pics,
+                                 unavailable="nan")
             src = [set_name] + ([str(s.vis_dir) for s in part.sets] if hasattr(part, "sets") else [])
             sets.append(ReportSet(set_name, pairs, fusions, scores, list(next(iter(scores.values()))[pairs[0].name]),
                                   paper_key=paper_dataset(*src), pictures=pics,
@@ -407,20 +423,17 @@ def training_report(trainer, limit: int | None = None, progress: bool = False, s
 
 
 def history_of(run) -> tuple[list | None, dict | None]:
-    """``(history, baseline)`` read from a training run folder (None for what it lacks)."""
-    import json
+    """``(history, baseline)`` read from a training run folder (None for what it lacks).
+    Read before any work: a file that is there but not what it should be is a ValueError
+    naming it."""
+    from .. import checkpoint as ckpt
 
     run = Path(run)
     if not run.is_dir():
         return None, None
-    out = []
-    for name in ("history.json", "baseline.json"):
-        p = run / name
-        try:
-            out.append(json.loads(p.read_text()) if p.is_file() else None)
-        except (OSError, ValueError):
-            out.append(None)
-    return out[0], out[1]
+    hist, base = run / "history.json", run / "baseline.json"
+    return (ckpt.read_history(hist) if os.path.lexists(hist) else None,
+            ckpt.read_json_file(base, dict, "baseline record") if os.path.lexists(base) else None)
 
 
 __all__ = ["ReportPair", "ReportSet", "ReportPictures", "pairs_from_jobs", "pairs_from_dataset", "fused_and_mu",
