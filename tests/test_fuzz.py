@@ -644,7 +644,7 @@ FILE_ERRORS = (ValueError, TypeError, FileNotFoundError)
 
 
 def _tiny_state():
-    from hfkernels.models import GuidanceUNet
+    from hfkernels.guidance.models import GuidanceUNet
 
     torch.manual_seed(0)
     m = GuidanceUNet(preset="tiny", guide="residual")
@@ -730,7 +730,7 @@ def expect_file_error(fn, path, what) -> bool:
 def check_weights(case):
     import tempfile
 
-    from hfkernels.checkpoint import load_model
+    from hfkernels.guidance.checkpoint import load_model
 
     note(str(case))
     with tempfile.TemporaryDirectory() as d:
@@ -779,7 +779,7 @@ def check_checkpoint_json(case):
     import json as _json
     import tempfile
 
-    from hfkernels.checkpoint import load_checkpoint
+    from hfkernels.guidance.checkpoint import load_checkpoint
 
     note(str(case))
     with tempfile.TemporaryDirectory() as d:

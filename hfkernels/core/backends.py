@@ -32,7 +32,7 @@ ENV_VAR = "HFK_BACKEND"
 #: Every op a backend may implement. Op names are checked against this list where they are
 #: used (:func:`implements` at import, :func:`select` at call), so a misspelt name fails loudly
 #: at once instead of surfacing as "no backend implements" on some device later.
-OPS = ("fuse", "laplacian_pyramid", "reconstruct", "ssim", "gradient_max")
+OPS = ("fuse", "laplacian_pyramid", "reconstruct", "ssim", "gradient_max", "lossterms")
 
 
 def check_op(op: str) -> str:

@@ -272,8 +272,8 @@ class FusionLoss(nn.Module):
 
 
 def _fused_terms(x: torch.Tensor, backend: str | None):
-    """The backend's fused elementwise-terms op (``"lossterms"``) for FusionLoss, or None where
-    the backend chosen for the loss has none (the terms are then composed from ATen ops)."""
+    """The elementwise terms of FusionLoss as one op (``"lossterms"``) of the backend the loss
+    runs its SSIM on, or None where that backend has none (the composition is then inline)."""
     name, _ = select("ssim", x.device, x.dtype, backend)
     return get_backend(name).ops.get("lossterms")
 

@@ -22,6 +22,7 @@ from .scoring import (
     laplacian_fusion,
     means,
     method,
+    out_of_memory,
     pairs_from_dataset,
     pairs_from_files,
     paths_of,
@@ -35,7 +36,7 @@ from .scoring import (
 
 __all__ = [
     "BASELINES", "LABELS", "METHODS", "EvaluationError", "Fusion", "Pair", "colour_fusion", "dump_json",
-    "format_table", "fused_and_mu", "guided_fusion", "json_safe", "label", "laplacian_fusion", "means", "method",
+    "format_table", "fused_and_mu", "guided_fusion", "json_safe", "label", "laplacian_fusion", "means", "method", "out_of_memory",
     "pairs_from_dataset", "pairs_from_files", "score", "PATHS", "paths_of", "blend_fusion", "check_one_path",
     "check_path", "pyramid", "spread_indices",
 ]

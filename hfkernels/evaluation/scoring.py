@@ -193,7 +193,7 @@ LABELS = {"vis": "visible as fused", "ir": "infrared as fused", "laplacian": "La
 
 def label(spec: str) -> str:
     """The row label of the fusion :func:`method` makes of ``spec``."""
-    if spec == "guide" and G.DEFAULT_GUIDE not in G.packaged_guides():
+    if spec == "guide" and guidance.SHIPPED_GUIDE not in guidance.packaged_guides():
         return LABELS["heuristic"] + " (no packaged guide installed)"
     if spec in LABELS:
         return LABELS[spec]

@@ -426,7 +426,7 @@ def history_of(run) -> tuple[list | None, dict | None]:
     """``(history, baseline)`` read from a training run folder (None for what it lacks).
     Read before any work: a file that is there but not what it should be is a ValueError
     naming it."""
-    from .. import checkpoint as ckpt
+    from ...guidance import checkpoint as ckpt
 
     run = Path(run)
     if not run.is_dir():

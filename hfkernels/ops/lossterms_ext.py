@@ -1,5 +1,7 @@
 """The elementwise terms of ``FusionLoss`` (intensity max, consistency, colour, and the lumas the
-SSIM and gradient terms read) as one differentiable op for the ``"cpu"`` backend.
+SSIM and gradient terms read) as one differentiable op, ``"lossterms"``, for the ``"cpu"``
+backend (written in PyTorch; it sits beside the extension's SSIM and gradient kernels, whose
+backend it serves). The reference composition is :mod:`.lossterms_torch`.
 
 Why: composed from ATen ops these terms are about fifty small kernels forward and backward, each
 a parallel region; on a CPU shared with other busy processes every region waits for a thread
@@ -21,8 +23,8 @@ import contextlib
 
 import torch
 
-from .. import reference as ref
-from ..backends import implements
+from ..core import reference as ref
+from ..core.backends import implements
 
 
 @contextlib.contextmanager
