@@ -41,7 +41,7 @@ TABLE9_GPU, TABLE9_CPU = (16, 480, 640), (2, 120, 160)
 TABLE9_PAPER = {"card": "RTX 4090", "batch": 16, "throughput": "22.1 img/s", "VRAM": "~19 GB",
                 "time/epoch": "~0.5 min"}
 #: Table 5 rows that run on the CPU only with --hfk-long (see benchmarks/RESULTS.md, "Long cases")
-LONG_TABLE5_ROWS = (2,)
+LONG_TABLE5_ROWS = (1, 2)
 ROUNDS = 3 if MAIN_DEVICE == "cpu" else 10
 # the reference comparison on the CPU: 2 interleaved rounds, no warm-up (each call takes seconds)
 CMP = {"rounds": 2, "warmup": False} if MAIN_DEVICE == "cpu" else {"rounds": 10}

@@ -142,7 +142,7 @@ def swap_hint(vis_path, ir_path) -> str | None:
 #: peak memory of ``fuse`` per pixel of a pair on the CPU, float32 (measured, see the README):
 #: the colour fusion, and the packaged guide's network on top (bounded by one tile past
 #: ``hfkernels.guidance.TILE ** 2`` pixels)
-FUSE_BYTES_PER_PIXEL, GUIDE_BYTES_PER_PIXEL = 110, 280
+FUSE_BYTES_PER_PIXEL, GUIDE_BYTES_PER_PIXEL = 100, 285
 
 
 def needed_bytes(h: int, w: int, network: bool) -> int:
