@@ -148,7 +148,7 @@ def skip_emulated_bf16(device: str) -> None:
     there the paper's U-Net takes minutes per call, and the figure says nothing about the kernels."""
     if device != "cpu":
         return
-    from hfkernels.backends import cpu_bf16
+    from hfkernels.core.backends import cpu_bf16
 
     native, desc = cpu_bf16()
     if not native:

@@ -322,11 +322,13 @@ def score(pairs, fusions: dict, metrics=None, protocol: str = "paper", device="c
         for label, fn in fusions.items():
             try:
                 fused, mu = fused_and_mu(fn, vis, ir, own, want_mu=kept)
-                vals = evaluate(vis, ir, fused, metrics, protocol, unavailable)
-            except ValueError as e:
-                problems.append(f"{p.name}: {e}")
-                break
+                try:
+                    vals = evaluate(vis, ir, fused, metrics, protocol, unavailable)
+                except ValueError as e:
+                    problems.append(f"{p.name}: {e}")
+                    break
             except (RuntimeError, MemoryError) as e:
+                # a fusion's own ValueError (a bad argument) is the caller's, not this pair's
                 if not out_of_memory(e):
                     raise
                 problems.append(f"{p.name}: not enough memory for a {vis.shape[-1]}x{vis.shape[-2]} pair "
