@@ -22,7 +22,7 @@ import torch  # first, on purpose: the usual order in a user's script
 
 SPIN_AT_TORCH_LOAD = os.environ.get("GOMP_SPINCOUNT", "unset")
 
-import hfkernels as hk  # noqa: E402
+import hfkernels as hk
 
 
 def busy(n: int) -> list[subprocess.Popen]:

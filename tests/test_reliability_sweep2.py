@@ -15,17 +15,7 @@ from PIL import Image
 import hfkernels as hk
 from hfkernels.cli import main
 
-
-def _png(path, h=24, w=30, channels=3, seed=0):
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (h, w, channels) if channels == 3 else (h, w), dtype=np.uint8)).save(path)
-    return path
-
-
-@pytest.fixture
-def pair(tmp_path):
-    return _png(tmp_path / "vis.png"), _png(tmp_path / "ir.png", channels=1, seed=1)
+from .test_reliability_cli import _fail, _png, pair  # noqa: F401  (pair: a fixture)
 
 
 @pytest.fixture
@@ -35,16 +25,6 @@ def folders(tmp_path):
         _png(d / "vi" / n, h=48, w=48, seed=i)
         _png(d / "ir" / n, h=48, w=48, channels=1, seed=10 + i)
     return d
-
-
-def _fail(capsys, argv, *fragments):
-    """Run the CLI, expect exit 2 with one ``error:`` line holding every fragment."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "error:" in err and "Traceback" not in err, err
-    for f in fragments:
-        assert f in err, (f, err)
-    return err
 
 
 # --------------------------------------------------------------------------------------------

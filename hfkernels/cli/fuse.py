@@ -86,7 +86,13 @@ def checkpoint_files(run) -> list[Path]:
 def plan(args) -> list[tuple[Path, Path, Path]]:
     """``[(vis file, ir file, fused file)]`` for the arguments, after checking every output
     against the inputs and the files already there (nothing is written before this passes)."""
-    from ..io import check_outputs, check_pair_sizes, describe_unmatched, is_image, match_pairs
+    from ..io import (
+        check_outputs,
+        check_pair_sizes,
+        describe_unmatched,
+        is_image,
+        match_pairs,
+    )
 
     vis, ir, out = Path(args.vis), Path(args.ir), Path(args.out)
     for name, p in (("--vis", vis), ("--ir", ir)):
