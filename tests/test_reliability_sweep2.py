@@ -536,6 +536,14 @@ def test_item15_guide_in_tiles_matches_the_full_image():
     assert float((tiled - full).abs().max()) < 1e-2 and float((tiled - full).abs().mean()) < 1e-3
 
 
+def test_item15_memory_estimate_of_a_large_pair():
+    from hfkernels.cli.fuse import needed_bytes
+
+    # 8000x8000: the fusion's 100 B/px plus one guide tile (1344^2 px at 285 B), not 64 MP of guide
+    assert 6.0 < needed_bytes(8000, 8000, True) / 2**30 < 7.0
+    assert needed_bytes(8000, 8000, False) < needed_bytes(8000, 8000, True)
+
+
 def test_item15_decompression_bomb_is_a_named_error(tmp_path, monkeypatch):
     from PIL import Image as PILImage
 

@@ -6,7 +6,9 @@ Layer: imports :mod:`hfkernels.core` and :mod:`hfkernels.io` only.
 """
 from .sources import (
     HEURISTIC,
+    MARGIN,
     SHIPPED_GUIDE,
+    TILE,
     MuFn,
     constant,
     default_guidance,
@@ -18,10 +20,11 @@ from .sources import (
     packaged_guides,
     parse,
     resolve,
+    tiled_forward,
 )
 
 __all__ = [
     "SHIPPED_GUIDE", "HEURISTIC", "MuFn", "constant", "default_guidance", "describe_default",
     "guide_card", "load_guidance", "model_guidance", "packaged_guidance", "packaged_guides",
-    "parse", "resolve",
+    "parse", "resolve", "TILE", "MARGIN", "tiled_forward",
 ]
