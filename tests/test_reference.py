@@ -133,7 +133,8 @@ def test_fuse_color_keeps_chroma_and_clamps():
     assert out.min() >= 0 and out.max() <= 1
     # chroma of the visible image survives wherever the result is not clamped
     ycc_in, ycc_out = ref.rgb_to_ycbcr(vis), ref.rgb_to_ycbcr(out)
-    inside = ((ref.ycbcr_to_rgb(torch.cat([ir, ycc_in[:, 1:]], 1)) - out).abs() < 1e-9).all(1, keepdim=True)
+    # (1e-5: the BT.601 inverse coefficients are rounded, so the YCbCr round trip is exact only to ~1e-6)
+    inside = ((ref.ycbcr_to_rgb(torch.cat([ir, ycc_in[:, 1:]], 1)) - out).abs() < 1e-5).all(1, keepdim=True)
     assert inside.any()
     assert torch.allclose((ycc_out[:, 1:] - ycc_in[:, 1:]) * inside, torch.zeros_like(ycc_in[:, 1:]), atol=1e-6)
 
