@@ -59,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--paper-max-size", type=int, default=256,
                    help="training images' longer side for the paper preset (default 256)")
     p.add_argument("--batch-size", type=int, default=4, help="training batch size (default 4)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the trainer's, 1e-4 with data)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the trainer's for the guide kind, train_config.DATA_LR)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-limit", type=int, help="at most this many training pairs per set (default: all)")
     p.add_argument("--eval-limit", type=int, help="at most this many pairs per test set (default: all)")

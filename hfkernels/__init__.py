@@ -28,6 +28,7 @@ from .core.fusion import (
     heuristic_guidance,
     laplacian_pyramid,
     reconstruct,
+    with_luma,
 )
 
 # Loaded on first use so `import hfkernels` stays light.
@@ -64,5 +65,6 @@ __all__ = [
     "heuristic_guidance",
     "laplacian_pyramid",
     "reconstruct",
+    "with_luma",
     *_LAZY,
 ]

@@ -129,3 +129,57 @@ def test_eval_method_guide(tmp_path, capsys):
     got = json.loads(out.read_text())
     # both rows on the one fusion path of the comparison (fuse_color)
     assert got["path"] == "color" and {"packaged trained guide", "heuristic guidance"} <= set(got["mean"])
+
+
+def test_ship_guide_candidate(tmp_path):
+    """benchmarks/ship_guide.py --candidate packages the epoch the candidate's validation chose:
+    float16 weights with their SHA-256, the validation figures, and every test set scored."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import save
+
+    from hfkernels.guidance.checkpoint import model_tensors
+    from hfkernels.guidance.models import GuidanceUNet
+    from hfkernels.training.synthetic import write_pairs
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    import ship_guide
+
+    root = tmp_path / "data"
+    write_pairs(root / "MSRS" / "test", 2, (48, 64), seed=1)
+    for name in ("CT-MRI", "PET-MRI", "SPECT-MRI"):
+        d = root / "Harvard" / name
+        write_pairs(d / "tmp", 2, (48, 48), seed=2)
+        a, b = name.split("-")
+        os.rename(d / "tmp" / "vi", d / a)
+        os.rename(d / "tmp" / "ir", d / b)
+    cand = tmp_path / "cand"
+    (cand / "snapshots").mkdir(parents=True)
+    torch.manual_seed(0)
+    model = GuidanceUNet(preset="tiny", guide="residual")
+    (cand / "snapshots" / "epoch_0002.safetensors").write_bytes(
+        save(model_tensors(model), metadata={"config": json.dumps(model.config())}))
+    epoch = {"score": 0.9, "pooled": {"VIF": 0.8, "Qabf": 0.6, "SSIM": 1.0}, "train_seconds": 10.0, "images": 6,
+             "load": [1.0, 1.0, 1.0]}
+    (cand / "candidate.json").write_text(json.dumps({
+        "settings": {"preset": "tiny", "guide": "residual", "lr": 1e-3, "max_size": 64, "batch_size": 4,
+                     "epochs": 2, "seed": 0, "data_root": str(root)},
+        "split": {"fraction": 0.1, "seed": 0}, "machine": {"cores": 2}, "chosen_epoch": 2,
+        "epochs": {"1": dict(epoch, score=0.8), "2": epoch}}))
+    dest = tmp_path / "guides"
+    assert ship_guide.main(["--candidate", str(cand), "--dest", str(dest), "--jobs", "1"]) == 0
+    card = json.loads((dest / "default.json").read_text())
+    blob = (dest / "default.safetensors").read_bytes()
+    assert card["weights"]["sha256"] == hashlib.sha256(blob).hexdigest()
+    assert card["recipe"]["chosen_epoch"] == 2 and card["recipe"]["train_seconds"] == 20.0
+    assert sorted(card["validation"]["per_epoch"]) == ["1", "2"]
+    for key in ("shipped (float16 weights)", "heuristic guidance"):
+        assert set(card["scores"][key]) == {"MSRS-test", "CT-MRI", "PET-MRI", "SPECT-MRI"}
+    # a fresh residual guide is the heuristic: the same scores
+    shipped, heur = card["scores"]["shipped (float16 weights)"], card["scores"]["heuristic guidance"]
+    assert abs(shipped["MSRS-test"]["VIF"] - heur["MSRS-test"]["VIF"]) < 1e-3
+    # existing files are kept unless --overwrite
+    assert ship_guide.main(["--candidate", str(cand), "--dest", str(dest), "--jobs", "1"]) == 2

@@ -16,6 +16,7 @@ from hfkernels.guidance import checkpoint as ckpt
 from hfkernels.guidance.models import GuidanceUNet, guidance_input
 from hfkernels.io import atomic_write_json
 from hfkernels.training.loop import TrainConfig, Trainer
+from hfkernels.training.config import DATA_LR, LOSS_WEIGHTS
 
 REPO = Path(__file__).resolve().parent.parent
 # small, fast settings shared by the CLI runs below (generated scenes unless --data is given)
@@ -180,7 +181,8 @@ def test_default_arguments():
     assert (cfg.lr, cfg.epochs) == (None, None)
     assert (cfg.resolve().lr, cfg.epochs) == (1e-3, 4)  # the demo on generated scenes
     data_cfg = TrainConfig(data=["x"]).resolve()
-    assert (data_cfg.lr, data_cfg.epochs) == (1e-4, 2)  # the paper's recipe
+    assert (data_cfg.lr, data_cfg.epochs) == (DATA_LR["residual"], 2)
+    assert TrainConfig(data=["x"], guide="scratch").resolve().lr == 1e-4  # the paper's recipe
     assert cfg.guide == "residual" and cfg.eval_max_size is None and cfg.time_budget is None
     # a run saved before guide kinds existed trained the paper's network
     assert TrainConfig.from_json({"preset": "tiny"}).guide == "scratch"
@@ -194,6 +196,39 @@ def test_default_arguments():
     args = build_parser().parse_args(["train", "--out", "x", "--synthetic-size", "32x48", "--cache", "no"])
     cfg, _, overwrite = config_from_args(args)
     assert cfg.synthetic_size == (32, 48) and cfg.cache is False and not overwrite
+
+
+def test_loss_weights_and_lr_options(tmp_path):
+    """Every FusionLoss weight is a train option; the weights reach the loss, config.json and the
+    checkpoint record, and a resumed run keeps them."""
+    args = build_parser().parse_args(["train", "--grad-w", "64", "--ssim-w", "10", "--ssim-ir-w", "10",
+                                      "--max-w", "4", "--lr", "3e-3"])
+    cfg, _, _ = config_from_args(args)
+    assert cfg.loss_weights == {"max_w": 4.0, "grad_w": 64.0, "ssim_w": 10.0, "ssim_ir_w": 10.0}
+    assert cfg.loss_kwargs() == {**LOSS_WEIGHTS, "max_w": 4.0, "grad_w": 64.0, "ssim_w": 10.0, "ssim_ir_w": 10.0}
+    assert cfg.lr == 3e-3
+    for key in LOSS_WEIGHTS:  # one option per weight
+        assert build_parser().parse_args(["train", f"--{key.replace('_', '-')}", "1.5"])
+    with pytest.raises(ValueError, match="unknown weight 'nope'"):
+        TrainConfig(loss_weights={"nope": 1.0}).validate()
+    with pytest.raises(ValueError, match="grad_w"):
+        TrainConfig(loss_weights={"grad_w": -1.0}).validate()
+    assert main(["train", "--color-w", "-2", "--out", str(tmp_path / "bad")]) == 2
+
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--epochs", "1", "--out", str(run), "--consist-w", "12", "--grad-w", "2"]) == 0
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert saved["loss_weights"] == {"consist_w": 12.0, "grad_w": 2.0}
+    extra = ckpt.load_checkpoint(run)["extra"]
+    assert extra["loss_weights"]["consist_w"] == 12.0 and extra["loss_weights"]["max_w"] == 10.0
+    assert extra["lr"] == 1e-3
+    cfg, resume, _ = config_from_args(build_parser().parse_args(["train", "--out", str(run), "--resume",
+                                                                 "--epochs", "2"]))
+    assert resume and cfg.loss_weights == {"consist_w": 12.0, "grad_w": 2.0}
+    tr = Trainer(TrainConfig(out=str(tmp_path / "w"), loss_weights={"grad_w": 90.0}))
+    tr.cfg.resolve()
+    tr._build()
+    assert tr.loss_fn.weights["grad_w"] == 90.0 and tr.loss_fn.weights["max_w"] == 10.0
 
 
 def test_native_resolution_evaluation_with_max_size(tmp_path):
@@ -510,3 +545,83 @@ def test_python_scripts(tmp_path, ref_run):
     assert main(["fuse", *jobs[0], "--device", "cpu"]) == 0
     assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["0000.png", "0001.png"]
     assert _script("fetch_datasets").main(["--list"]) == 0
+
+
+def test_direct_guide_trains_fuses_and_evaluates(tmp_path, capsys):
+    """--guide direct: the U-Net's output is the fused luma (no pyramid); checkpoint, fuse and
+    eval use it as such (the visible chroma put back around it)."""
+    import hfkernels as hk
+    from hfkernels.evaluation import colour_fusion as colour
+    from hfkernels.guidance import load_guidance
+    from hfkernels.io import read_image
+
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--guide", "direct", "--epochs", "1", "--out", str(run)]) == 0
+    assert json.loads((run / "checkpoint.json").read_text())["guide"] == "direct"
+    assert ckpt.load_checkpoint(run)["extra"]["lr"] == 1e-3
+    fn = load_guidance(run)
+    assert fn.fuses and fn.guide == "direct"
+    torch.manual_seed(0)
+    vis, ir = torch.rand(1, 3, 48, 64), torch.rand(1, 1, 48, 64)
+    y = fn(vis, ir)
+    fused = colour(fn)(vis, ir)
+    assert torch.allclose(fused, hk.with_luma(vis, y))
+    # not the pyramid fusion with y taken as a guidance
+    assert not torch.allclose(fused, hk.fuse_color(vis, ir, y), atol=1e-3)
+    # the chroma is the visible image's
+    from hfkernels.core.reference import rgb_to_ycbcr
+
+    inside = (fused > 0.02).all() and (fused < 0.98).all()
+    if inside:
+        assert torch.allclose(rgb_to_ycbcr(fused)[:, 1:], rgb_to_ycbcr(vis)[:, 1:], atol=1e-4)
+    # the CLI fuses and evaluates with it
+    from hfkernels.io import write_image
+
+    write_image(tmp_path / "v.png", vis[0])
+    write_image(tmp_path / "i.png", ir[0])
+    assert main(["fuse", "--vis", str(tmp_path / "v.png"), "--ir", str(tmp_path / "i.png"),
+                 "--checkpoint", str(run), "--out", str(tmp_path / "f.png")]) == 0
+    got = read_image(tmp_path / "f.png", "rgb")[None]
+    want = colour(fn)(read_image(tmp_path / "v.png", "rgb")[None], read_image(tmp_path / "i.png", "gray")[None])
+    assert (got - want).abs().max() <= 1 / 255 + 1e-6
+    capsys.readouterr()
+
+
+def test_with_luma_checks():
+    import hfkernels as hk
+
+    vis = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="y must be"):
+        hk.with_luma(vis, torch.rand(2, 3, 8, 8))
+    from hfkernels.core.reference import luma
+
+    assert torch.allclose(hk.with_luma(vis, luma(vis)), vis, atol=1e-5)
+    assert torch.equal(hk.with_luma(vis[:, :1], vis[:, 1:2]), vis[:, 1:2])
+
+
+def test_table8_training_comparison(tmp_path):
+    """python/table8.py --train: the direct U-Net and the hybrid arms trained at the same budget,
+    each with its training seconds and peak memory, beside the untrained paradigms."""
+    from hfkernels.training.synthetic import write_pairs
+
+    write_pairs(tmp_path / "train", 6, (48, 64), seed=1)
+    write_pairs(tmp_path / "test", 2, (48, 64), seed=2)
+    table8 = _script("table8")
+    out, runs = tmp_path / "t8.json", tmp_path / "runs"
+    args = ["--train", str(tmp_path / "train"), "--data", str(tmp_path / "test"), "--runs", str(runs),
+            "--preset", "tiny", "--epochs", "1", "--train-max-size", "64", "--metrics", "VIF,Qabf,SSIM",
+            "--device", "cpu", "--json", str(out)]
+    assert table8.main(args) == 0
+    res = json.loads(out.read_text())
+    rows = res["sets"]["test"]
+    assert list(rows) == ["Laplacian, mu = 0.5", "heuristic weight map", "direct U-Net",
+                          "hybrid, residual guide", "hybrid, scratch guide"]
+    assert all(set(v) == {"VIF", "Qabf", "SSIM"} for v in rows.values())
+    for arm in res["arms"].values():
+        assert arm["epochs"] == 1 and arm["train_seconds"] > 0 and arm["peak_rss_mb"] > 50
+    assert {json.loads((runs / g / "checkpoint.json").read_text())["guide"] for g in ("direct", "residual", "scratch")} \
+        == {"direct", "residual", "scratch"}
+    # a second call reuses the trained arms
+    stamp = (runs / "direct" / "arm.json").stat().st_mtime
+    assert table8.main([*args, "--overwrite"]) == 0
+    assert (runs / "direct" / "arm.json").stat().st_mtime == stamp

@@ -16,7 +16,7 @@ from .. import __version__
 
 #: sub-command modules under hfkernels.cli; each defines register(subparsers) which adds a
 #: parser and sets ``func`` (called with the parsed args, returning an exit code).
-SUBCOMMANDS = ("info", "fuse", "train", "eval", "bench")
+SUBCOMMANDS = ("info", "fuse", "train", "sweep", "eval", "bench")
 
 DEBUG_VAR = "HFK_DEBUG"
 

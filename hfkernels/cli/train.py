@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..training.config import DATA_LR, DEMO_LR, LOSS_WEIGHTS
 from . import DEBUG_VAR, CLIError, parse_device
 
 
@@ -28,15 +29,27 @@ def register(sub):
                     "scenes (nothing downloaded). Data folders: DIR/vi + DIR/ir (RoadScene, TNO), "
                     "MSRS (DIR/train|test/vi+ir), Harvard (DIR/{CT,PET,SPECT}-MRI), or 'VIS_DIR,IR_DIR'.",
     )
+    add_train_options(p)
+    p.add_argument("--out", help="run folder (default runs/default)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run in --out, or write a run into a folder that holds other files")
+    p.set_defaults(func=run)
+
+
+def add_train_options(p) -> None:
+    """The options that make a training configuration (shared with ``hfkernels sweep``, whose
+    trials start from them)."""
     p.add_argument("--data", action="append", metavar="DIR", help="training folder (repeatable)")
     p.add_argument("--test", action="append", metavar="DIR", help="evaluation folder after each epoch (repeatable)")
     p.add_argument("--epochs", type=int, help="total number of epochs (default 2 with --data, 4 for the demo)")
     p.add_argument("--preset", choices=("tiny", "small", "paper"),
                    help="network size (default tiny: the size of the built-in demo and the quickest; on real data "
                         "on a CPU, small gives better scores per minute, see the README)")
-    p.add_argument("--guide", choices=("residual", "scratch"),
+    p.add_argument("--guide", choices=("residual", "scratch", "direct"),
                    help="residual (default): the network starts as the heuristic guidance and learns a correction "
-                        "to its logit; scratch: the paper's network, which starts at mu = 0.5")
+                        "to its logit; scratch: the paper's network, which starts at mu = 0.5; direct: the same "
+                        "U-Net outputs the fused luminance itself, no pyramid (Table 8's comparison arm)")
     p.add_argument("--batch-size", type=int, help="images per batch and process (default 8)")
     p.add_argument("--crop", type=int, metavar="SIDE",
                    help="train on random crops of at most SIDE x SIDE, every batch of one size, so a batch holds "
@@ -55,11 +68,12 @@ def register(sub):
     p.add_argument("--device", help="cpu | cuda (default: cuda if available)")
     p.add_argument("--accum", type=int, help="batches per optimizer step (gradient accumulation, default 1)")
     p.add_argument("--seed", type=int, help="seed for the initial weights and the batch order (default 0)")
-    p.add_argument("--out", help="run folder (default runs/default)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing run in --out, or write a run into a folder that holds other files")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4 with --data, 1e-3 for the demo)")
+    p.add_argument("--lr", type=float,
+                   help="AdamW learning rate (default with --data: per guide kind, "
+                        + ", ".join(f"{g} {v:g}" for g, v in DATA_LR.items()) + f"; {DEMO_LR:g} for the demo)")
+    for key, default in LOSS_WEIGHTS.items():
+        p.add_argument(f"--{key.replace('_', '-')}", type=float, metavar="W",
+                       help=f"FusionLoss weight {key} (default {default:g}, the released value)")
     p.add_argument("--levels", type=int, help="pyramid levels of the fusion (default 4)")
     p.add_argument("--backend", help="kernel backend for fusion and loss (default: best available)")
     p.add_argument("--metrics", help="comma-separated metric names for the evaluation (default: the suite's)")
@@ -84,7 +98,6 @@ def register(sub):
                    help="pictures for at most N pairs per test set on the results page RUN/report/ (default: all)")
     p.add_argument("--no-report", action="store_true", help="no results page at the end of the run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 # CLI option -> TrainConfig field, for options whose value is used as given
@@ -116,6 +129,12 @@ def config_from_args(args):
         cfg.data = list(args.data)
     if args.test:
         cfg.test = list(args.test)
+    for key in LOSS_WEIGHTS:
+        v = getattr(args, key)
+        if v is not None:
+            if not v >= 0 or v == float("inf"):
+                raise CLIError(f"--{key.replace('_', '-')} must be a finite number >= 0, got {v}")
+            cfg.loss_weights = {**cfg.loss_weights, key: v}
     if args.metrics:
         from ..metrics import check_names
 

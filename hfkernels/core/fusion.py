@@ -121,6 +121,20 @@ def _warn_range(**tensors) -> None:
                               UserWarning, stacklevel=3)
 
 
+def with_luma(vis_rgb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``vis_rgb`` (B, 3, H, W) in [0, 1] with its BT.601 luma replaced by ``y`` (B, 1, H, W) in
+    [0, 1], chroma kept, clamped to [0, 1] (B, 3, H, W); a (B, 1, H, W) ``vis_rgb`` gives ``y``.
+    The colour path of a network that outputs the fused luminance itself (guide kind ``direct``)."""
+    validate.tensor4d(vis_rgb, "vis_rgb")
+    validate.tensor4d(y, "y")
+    if y.shape[1] != 1 or y.shape[0] != vis_rgb.shape[0] or y.shape[-2:] != vis_rgb.shape[-2:]:
+        raise ValueError(f"y must be (B, 1, H, W) matching vis_rgb {tuple(vis_rgb.shape)}, got {tuple(y.shape)}")
+    if vis_rgb.shape[1] == 1:
+        return y.to(vis_rgb.dtype).clamp(0, 1)
+    ycc = ref.rgb_to_ycbcr(vis_rgb)
+    return ref.ycbcr_to_rgb(torch.cat([y.to(ycc.dtype), ycc[:, 1:]], dim=1)).clamp(0, 1)
+
+
 def fuse_color(vis_rgb, ir, mu=None, levels: int = 4, *, backend: str | None = None,
                check: bool = False) -> torch.Tensor:
     """The paper's colour path: fuse the luma (BT.601 YCbCr) with ``ir``, keep the chroma.

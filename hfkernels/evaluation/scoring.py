@@ -27,7 +27,7 @@ import torch
 
 from .. import guidance
 from ..core import reference as ref
-from ..core.fusion import fuse, fuse_color, heuristic_blend, heuristic_guidance
+from ..core.fusion import fuse, fuse_color, heuristic_blend, heuristic_guidance, with_luma
 from ..io import read_image, write_output
 from ..metrics import evaluate
 
@@ -129,7 +129,11 @@ def guided_fusion(mu_fn: guidance.MuFn, blend: Callable, path: str | None = None
 
 def colour_fusion(mu_fn: guidance.MuFn, levels: int = 4, backend: str | None = None) -> Fusion:
     """The colour path of ``hfkernels fuse``: :func:`hfkernels.fuse_color` (fuse the luma, keep
-    the visible chroma) with the guidance ``mu_fn``; (1, 3, H, W) in [0, 1]."""
+    the visible chroma) with the guidance ``mu_fn``; (1, 3, H, W) in [0, 1]. A network that fuses
+    directly (``mu_fn.fuses``: guide kind ``direct``) gives the fused luma itself, which replaces
+    the visible luma (:func:`hfkernels.core.fusion.with_luma`)."""
+    if getattr(mu_fn, "fuses", False):
+        return guided_fusion(mu_fn, lambda vis, ir, y: with_luma(vis, y))
     return guided_fusion(mu_fn, lambda vis, ir, mu: fuse_color(vis, ir, mu, levels, backend=backend), "color")
 
 

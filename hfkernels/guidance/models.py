@@ -6,7 +6,9 @@ infrared image), a log-variance and the raw output ``z``. Presets (:data:`PRESET
 (17.3 M parameters), ``small`` (608 K), ``tiny`` (68 K). The guide kind (:data:`GUIDES`) says
 how ``z`` becomes ``mu``: ``"scratch"`` (the paper's, ``sigmoid(z)``, starts at 0.5) or
 ``"residual"`` (a correction to the logit of the heuristic map, which it equals before
-training). Architecture, the exact residual formula and the KL term (:func:`kl_term`):
+training); ``"direct"`` (Table 8's pure U-Net) makes ``sigmoid(z)`` the fused luminance itself,
+no pyramid (``model.fuses``; :func:`hfkernels.core.fusion.with_luma` puts the chroma back).
+Architecture, the exact residual formula and the KL term (:func:`kl_term`):
 docs/design.md, sections 7.1 and 7.2.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ..core.reference import luma
 #: base width of each preset (the widths of the 5 encoder stages are b, 2b, 4b, 8b, 8b).
 PRESETS = {"paper": 64, "small": 12, "tiny": 4}
 #: how output channel 0 becomes ``mu`` (see the module docstring)
-GUIDES = ("residual", "scratch")
+GUIDES = ("residual", "scratch", "direct")
 #: the guide kind a model file without one (written before residual guides existed) is
 GUIDE_OF_OLD_FILES = "scratch"
 #: the heuristic's clamp before its logit in residual guides (see the module docstring)
@@ -76,7 +78,8 @@ class GuidanceUNet(nn.Module):
 
     ``forward(x)`` takes (B, in_channels, H, W) and returns ``(mu, logvar)``, each (B, 1, H, W):
     ``mu`` in [0, 1] (``sigmoid(output 0)`` for ``scratch``; the corrected heuristic for
-    ``residual``, in float32) and ``logvar = output 1``. With ``return_logit=True`` it returns
+    ``residual``, in float32; for ``direct``, ``sigmoid(output 0)`` is the fused luminance) and
+    ``logvar = output 1``. With ``return_logit=True`` it returns
     ``(mu, logvar, z)`` with ``z`` the raw output 0 (the logit for ``scratch``, the logit
     correction ``delta`` for ``residual``), which the KL term regularises.
     """
@@ -108,6 +111,8 @@ class GuidanceUNet(nn.Module):
         self.ups = nn.ModuleList([Up(16 * b, 4 * b), Up(8 * b, 2 * b), Up(4 * b, b), Up(2 * b, b)])
         self.outc = nn.Conv2d(b, out_channels, 1)
         self.guide = guide
+        #: whether output 0 is the fused luminance itself (not a guidance for the pyramid)
+        self.fuses = guide == "direct"
         if guide == "residual":
             # delta = 0 exactly at step 0 (whatever the features): the network starts as the heuristic
             with torch.no_grad():
@@ -169,7 +174,7 @@ class GuidanceUNet(nn.Module):
             out = out[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
         z = out[:, :1]
         logvar = out[:, 1:2] if self.out_channels > 1 else torch.zeros_like(z)
-        mu = torch.sigmoid(z) if self.guide == "scratch" else residual_mu(heuristic_from_input(x0), z)
+        mu = residual_mu(heuristic_from_input(x0), z) if self.guide == "residual" else torch.sigmoid(z)
         return (mu, logvar, z) if return_logit else (mu, logvar)
 
 

@@ -192,7 +192,9 @@ def load_guidance(run_dir, device=None) -> MuFn:
     (B, 1, H, W) in [0, 1] (float32, on the inputs' device, no gradient). The network runs in
     float32 and eval mode (BatchNorm running statistics) on ``device`` (default: the inputs'
     device). The guide kind stored with the weights is used (``mu_fn.guide``; files written
-    before residual guides existed hold scratch guides); ``mu_fn.model`` is the network.
+    before residual guides existed hold scratch guides); ``mu_fn.model`` is the network. For a
+    ``direct`` network (``mu_fn.fuses``) the map returned is the fused luminance, not a guidance:
+    :func:`hfkernels.evaluation.colour` knows the difference.
     """
     if not isinstance(run_dir, (str, os.PathLike)):
         raise TypeError(f"run_dir must be a path, got {type(run_dir).__name__}")
@@ -216,6 +218,7 @@ def load_guidance(run_dir, device=None) -> MuFn:
 
     mu_fn.model = model
     mu_fn.guide = model.guide
+    mu_fn.fuses = model.fuses
     return mu_fn
 
 
@@ -244,6 +247,7 @@ def model_guidance(model: torch.nn.Module) -> MuFn:
         return tiled_forward(model, vis, ir, fast=True).float()
 
     mu_fn.model = model
+    mu_fn.fuses = getattr(model, "fuses", False)
     return mu_fn
 
 

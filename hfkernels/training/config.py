@@ -5,9 +5,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..core.loss_reference import RELEASED_WEIGHTS
 from ..guidance.models import GUIDE_OF_OLD_FILES, GUIDES, PRESETS
 
 DEFAULT_OUT = "runs/default"
+#: learning rate of runs on real data, per guide kind (see TrainConfig.resolve): a residual guide
+#: starts at the heuristic and with the paper's 1e-4 barely leaves it (benchmarks/RESULTS.md)
+DATA_LR = {"residual": 1e-3, "scratch": 1e-4, "direct": 1e-3}
+#: the FusionLoss weights a run may set (keyword -> default: the released weights of hfkernels.core.losses.FusionLoss)
+LOSS_WEIGHTS = dict(RELEASED_WEIGHTS)
 #: learning rate and epochs of the built-in demo (no data given); see TrainConfig.resolve
 DEMO_LR = 1e-3
 DEMO_EPOCHS = 4
@@ -35,7 +41,8 @@ class TrainConfig:
     accum: int = 1
     seed: int = 0
     out: str = DEFAULT_OUT
-    lr: float | None = None  # None: 1e-4 with data (the paper's recipe), DEMO_LR without
+    lr: float | None = None  # None: DATA_LR[guide] with data, DEMO_LR without
+    loss_weights: dict = field(default_factory=dict)  # FusionLoss weights that differ from LOSS_WEIGHTS
     weight_decay: float = 1e-4
     clip: float = 1.0
     kl_weight: float = 1e-5
@@ -56,6 +63,10 @@ class TrainConfig:
     report: bool = True  # write the results page RUN/report/index.html at the end of the run
     report_limit: int | None = None  # pairs per test set with pictures on that page (None: all)
 
+    def loss_kwargs(self) -> dict:
+        """Every FusionLoss weight of this run (the defaults with ``loss_weights`` applied)."""
+        return {k: float(self.loss_weights.get(k, v)) for k, v in LOSS_WEIGHTS.items()}
+
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["data"] = [str(x) for x in self.data]
@@ -70,6 +81,7 @@ class TrainConfig:
         d.setdefault("guide", GUIDE_OF_OLD_FILES)
         # ... and on whole images, bucketed by size (see hfkernels.training.batches.epoch_batches)
         d.setdefault("crop_size", None)
+        d["loss_weights"] = dict(d.get("loss_weights") or {})
         if "synthetic_size" in d:
             d["synthetic_size"] = tuple(d["synthetic_size"])
         return cls(**d)
@@ -77,12 +89,14 @@ class TrainConfig:
     def resolve(self) -> "TrainConfig":
         """Fill the defaults that depend on whether data is given (in place; returns self).
 
-        The paper's recipe (lr 1e-4, 2 epochs) is for a 17 M-parameter network and a thousand
+        With data the learning rate depends on the guide kind (:data:`DATA_LR`): the paper's 1e-4
+        for the paper's network (``scratch``), larger for a ``residual`` guide, which starts at the
+        heuristic and barely moves from it at 1e-4. The paper's 2 epochs are for a thousand
         full-resolution pairs; the built-in demo trains the tiny network on 48 small generated
         pairs, where it needs larger steps and a few more epochs to show what it learns.
         """
         if self.lr is None:
-            self.lr = 1e-4 if self.data else DEMO_LR
+            self.lr = DATA_LR.get(self.guide, 1e-4) if self.data else DEMO_LR
         if self.epochs is None:
             if self.time_budget is not None:
                 self.epochs = BUDGET_EPOCHS  # the budget decides
@@ -111,8 +125,15 @@ class TrainConfig:
         v = self.eval_pairs
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"eval_pairs must be a positive int or None, got {v!r}")
+        if not isinstance(self.loss_weights, dict):
+            raise TypeError(f"loss_weights must be a dict, got {type(self.loss_weights).__name__}")
+        for k, v in self.loss_weights.items():
+            if k not in LOSS_WEIGHTS:
+                raise ValueError(f"loss_weights: unknown weight {k!r}; known: {', '.join(LOSS_WEIGHTS)}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
+                raise ValueError(f"loss_weights[{k!r}] must be a finite number >= 0, got {v!r}")
         if self.lr <= 0 or self.clip <= 0:
             raise ValueError(f"lr and clip must be > 0, got lr={self.lr}, clip={self.clip}")
 
 
-__all__ = ["TrainConfig", "DEFAULT_OUT", "DEFAULT_GUIDE_KIND", "DEMO_LR", "DEMO_EPOCHS", "BUDGET_EPOCHS"]
+__all__ = ["TrainConfig", "DEFAULT_OUT", "DATA_LR", "LOSS_WEIGHTS", "DEFAULT_GUIDE_KIND", "DEMO_LR", "DEMO_EPOCHS", "BUDGET_EPOCHS"]

@@ -7,12 +7,14 @@ One step (loss: ``hfkernels/core/loss_reference.py``; network: ``hfkernels/guida
 2. ``fused = fuse_color(vis, ir, mu)`` in [0, 1] (float32);
 3. ``loss = 0.1 * FusionLoss(vis', ir', fused') + 1e-5 * KL(logit, logvar)`` with primes meaning
    mapped to [-1, 1], and KL taken on the pre-sigmoid output (see :func:`hfkernels.models.kl_term`);
-4. AdamW (lr 1e-4, weight decay 1e-4), gradients accumulated over ``accum`` batches, norm
-   clipped to 1.0.
+   the FusionLoss weights are the released ones unless ``loss_weights`` changes some;
+4. AdamW (lr per guide kind, see :data:`hfkernels.training.config.DATA_LR`; weight decay 1e-4),
+   gradients accumulated over ``accum`` batches, norm clipped to 1.0.
 
 The guide kind (``guide``, see :mod:`hfkernels.models`) is ``"residual"`` by default: the
 network starts as the heuristic guidance and learns a correction to its logit; ``"scratch"`` is
-the paper's network, which starts at ``mu = 0.5``. The KL term regularises the network's raw
+the paper's network, which starts at ``mu = 0.5``; ``"direct"`` (Table 8's pure U-Net) outputs
+the fused luminance itself, trained with the same loss, without the pyramid. The KL term regularises the network's raw
 output in both (the logit for scratch, the correction for residual).
 
 ``time_budget`` (seconds) stops training after the first optimizer step past that much training
@@ -60,7 +62,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.fusion import fuse_color, heuristic_guidance
+from ..core.fusion import fuse_color, heuristic_guidance, with_luma
 from ..core.losses import FusionLoss
 from ..evaluation import Pair, colour_fusion, means, pairs_from_dataset, score, spread_indices
 from ..guidance import checkpoint as ckpt
@@ -91,8 +93,11 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True, log=_print):
+                 progress: bool = True, log=_print, on_epoch=None):
         config.validate()
+        # called as on_epoch(epoch, record) on rank 0 after each epoch's checkpoint (a search
+        # reads the validation scores there and may stop the run by raising)
+        self.on_epoch = on_epoch
         self.cfg, self.resume, self.progress = config, resume, progress
         want = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         device = torch.device(want)
@@ -149,7 +154,7 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.loss_fn = FusionLoss(backend=cfg.backend)
+        self.loss_fn = FusionLoss(**cfg.loss_kwargs(), backend=cfg.backend)
         if isinstance(self.loss_fn, torch.nn.Module):
             self.loss_fn = self.loss_fn.to(self.device)
 
@@ -191,7 +196,10 @@ class Trainer:
         """Loss of one batch: ``(total, terms)``; vis (B,3,H,W), ir (B,1,H,W) in [0,1]."""
         mu, logvar, logit = forward_pair(net or self.net, vis, ir, return_logit=True)
         mu = mu.float().contiguous()
-        fused = fuse_color(vis, ir, mu, self.cfg.levels, backend=self.cfg.backend)
+        if self.model.fuses:  # guide kind "direct": the network's output is the fused luma
+            fused = with_luma(vis, mu)
+        else:
+            fused = fuse_color(vis, ir, mu, self.cfg.levels, backend=self.cfg.backend)
         main, terms = self.loss_fn(vis * 2 - 1, ir * 2 - 1, fused * 2 - 1, return_terms=True)
         kl = kl_term(logit, logvar)
         total = self.cfg.loss_scale * main + self.cfg.kl_weight * kl
@@ -441,7 +449,8 @@ class Trainer:
                 self.history.append(record)
                 atomic_write_json(self.run_dir / "history.json", self.history)
                 ckpt.save_checkpoint(self.run_dir, self.model, self.optimizer, epoch,
-                                     extra={"train_loss": record["train_loss"]})
+                                     extra={"train_loss": record["train_loss"], "lr": cfg.lr,
+                                            "loss_weights": cfg.loss_kwargs()})
                 t1 = time.perf_counter()
                 record["eval"] = self.evaluate() if self.test_sets else {}
                 record["eval_pairs"] = eval_pairs
@@ -450,6 +459,8 @@ class Trainer:
                 record["sheet"] = str(sheet.relative_to(self.run_dir)) if sheet else None
                 atomic_write_json(self.run_dir / "history.json", self.history)
                 self.log(epoch_report.epoch_line(record))
+                if self.on_epoch is not None:
+                    self.on_epoch(epoch, record)
             self.dist.barrier()
             if record.get("stopped_by_budget"):
                 self.log(f"time budget of {cfg.time_budget:g} s reached after {epoch} epoch(s) "
