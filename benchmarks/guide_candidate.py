@@ -90,7 +90,8 @@ def main(argv=None) -> int:
     cfg = TrainConfig(data=split["train"], test=split["val"], preset=args.preset, guide=args.guide,
                       batch_size=args.batch_size, max_size=args.max_size, lr=args.lr, epochs=args.epochs,
                       seed=args.seed, out=str(run_dir), device="cpu", metrics=list(VAL_METRICS),
-                      loss_weights=json.loads(args.loss_weights), sheet_pairs=0, report=False, baseline=True)
+                      loss_weights=json.loads(args.loss_weights), sheet_pairs=0, report=False, baseline=True,
+                      eval_pairs=None, final_eval=False)
     t0 = time.perf_counter()
     tr = Trainer(cfg, resume=True, progress=False, on_epoch=on_epoch)
     try:

@@ -239,6 +239,8 @@ class Sweep:
         cfg = apply(self.base, params)
         cfg.out = str(self.out / "trials" / f"{trial.number:04d}")
         cfg.metrics, cfg.report, cfg.baseline, cfg.sheet_pairs = list(VAL_METRICS), False, False, 0
+        # every epoch's score is over the whole validation split; nothing is scored after the last
+        cfg.eval_pairs, cfg.final_eval = None, False
         if self.split:
             cfg.data, cfg.test = list(self.split["train"]), list(self.split["val"])
         cfg.validate()
