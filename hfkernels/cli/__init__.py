@@ -91,6 +91,20 @@ def parse_device(spec, option: str = "--device"):
     return dev
 
 
+def source_paths(vis, ir) -> tuple:
+    """``(Path(vis), Path(ir))`` after the checks ``fuse`` and ``eval`` share: both exist, and
+    both are folders or both are files (CLIError naming the option otherwise)."""
+    from pathlib import Path
+
+    vis, ir = Path(vis), Path(ir)
+    for name, p in (("--vis", vis), ("--ir", ir)):
+        if not p.exists():
+            raise CLIError(f"{name} {p} does not exist")
+    if vis.is_dir() != ir.is_dir():
+        raise CLIError("--vis and --ir must both be folders or both be files")
+    return vis, ir
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hfkernels", description="Hybrid image fusion kernels and tools.",

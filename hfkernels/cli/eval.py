@@ -45,7 +45,7 @@ from pathlib import Path
 
 from .. import evaluation
 from ..evaluation import BASELINES, dump_json, format_table, means
-from . import CLIError, parse_device
+from . import CLIError, parse_device, source_paths
 
 
 def register(sub):
@@ -122,12 +122,7 @@ def _sets(args) -> list[tuple[str, Path, Path, Path | None]]:
                 for s in found]
     if not args.vis or not args.ir:
         raise CLIError("give --vis and --ir (or --data DIR)")
-    vis, ir = Path(args.vis), Path(args.ir)
-    for name, p in (("--vis", vis), ("--ir", ir)):
-        if not p.exists():
-            raise CLIError(f"{name} {p} does not exist")
-    if vis.is_dir() != ir.is_dir():
-        raise CLIError("--vis and --ir must both be folders or both be files")
+    vis, ir = source_paths(args.vis, args.ir)
     folder = vis.parent if vis.is_dir() else vis.parent.parent
     # MSRS keeps its split one level down (MSRS/test/vi): name the set "MSRS-test"
     name = f"{folder.parent.name}-{folder.name}" if folder.name in ("test", "train") else folder.name

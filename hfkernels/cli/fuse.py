@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import guidance
-from . import CLIError, parse_device
+from . import CLIError, parse_device, source_paths
 
 
 def register(sub):
@@ -94,12 +94,7 @@ def plan(args) -> list[tuple[Path, Path, Path]]:
         match_pairs,
     )
 
-    vis, ir, out = Path(args.vis), Path(args.ir), Path(args.out)
-    for name, p in (("--vis", vis), ("--ir", ir)):
-        if not p.exists():
-            raise CLIError(f"{name} {p} does not exist")
-    if vis.is_dir() != ir.is_dir():
-        raise CLIError("--vis and --ir must both be files or both be folders")
+    (vis, ir), out = source_paths(args.vis, args.ir), Path(args.out)
     if vis.is_file():
         if out.suffix == "" or out.is_dir():
             out = out / vis.with_suffix(".png").name

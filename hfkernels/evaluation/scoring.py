@@ -27,7 +27,13 @@ import torch
 
 from .. import guidance
 from ..core import reference as ref
-from ..core.fusion import fuse, fuse_color, heuristic_blend, heuristic_guidance, with_luma
+from ..core.fusion import (
+    fuse,
+    fuse_color,
+    heuristic_blend,
+    heuristic_guidance,
+    with_luma,
+)
 from ..io import read_image, write_output
 from ..metrics import evaluate
 

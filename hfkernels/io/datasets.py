@@ -24,7 +24,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .files import PairingError, describe_unmatched, header_size, match_pairs, read_image
+from .files import (
+    PairingError,
+    describe_unmatched,
+    header_size,
+    match_pairs,
+    read_image,
+)
 
 VIS_NAMES = ("vi", "vis", "visible", "rgb")
 IR_NAMES = ("ir", "infrared", "lwir", "thermal")

@@ -1,55 +1,16 @@
-"""The trainer: guidance U-Net + pyramid fusion + fusion loss, one epoch after another.
+"""The trainer (:class:`Trainer`, :func:`train`): guidance U-Net + pyramid fusion + FusionLoss,
+one epoch after another.
 
-One step (loss: ``hfkernels/core/loss_reference.py``; network: ``hfkernels/guidance/models.py``):
+One step: ``mu = net([luma(vis), ir] * 2 - 1)``, ``fused = fuse_color(vis, ir, mu)`` (a
+``direct`` network gives the fused luma itself), ``loss = 0.1 * FusionLoss(...) + 1e-5 * KL``,
+AdamW with the lr of the guide kind. After each epoch: BatchNorm re-estimation, a recorded subset
+of the test sets scored, a checkpoint (before the scoring, so no evaluation can lose an epoch)
+and a record in ``RUN/history.json``; after the last, the full test sets once. ``time_budget``
+covers training and the re-estimation, not evaluation. The whole schedule, the batches and the
+reproducibility rules: docs/design.md, section 7.3; settings: :mod:`.config`.
 
-1. ``x = [luma(vis), ir] * 2 - 1`` (B, 2, H, W); ``mu, logvar, logit = net(x)`` (bf16 autocast on
-   CUDA, float32 on CPU);
-2. ``fused = fuse_color(vis, ir, mu)`` in [0, 1] (float32);
-3. ``loss = 0.1 * FusionLoss(vis', ir', fused') + 1e-5 * KL(logit, logvar)`` with primes meaning
-   mapped to [-1, 1], and KL taken on the pre-sigmoid output (see :func:`hfkernels.models.kl_term`);
-   the FusionLoss weights are the released ones unless ``loss_weights`` changes some;
-4. AdamW (lr per guide kind, see :data:`hfkernels.training.config.DATA_LR`; weight decay 1e-4),
-   gradients accumulated over ``accum`` batches, norm clipped to 1.0.
-
-The guide kind (``guide``, see :mod:`hfkernels.models`) is ``"residual"`` by default: the
-network starts as the heuristic guidance and learns a correction to its logit; ``"scratch"`` is
-the paper's network, which starts at ``mu = 0.5``; ``"direct"`` (Table 8's pure U-Net) outputs
-the fused luminance itself, trained with the same loss, without the pyramid. The KL term regularises the network's raw
-output in both (the logit for scratch, the correction for residual).
-
-``time_budget`` (seconds) stops training after the first optimizer step past that much training
-time (forward, backward and optimizer steps, BatchNorm re-estimation, for which the trainer
-stops early enough; not evaluation or checkpoints), counted over the whole run including the
-epochs before a resume; the stopped epoch
-is evaluated and checkpointed like a full one (``"stopped_by_budget": true`` in its record), and
-a resumed run starts the next epoch.
-
-Test sets are evaluated at their native resolution whatever ``max_size`` does to the training
-images (the published protocol); ``eval_max_size`` downscales them too, if wanted.
-
-Batches: with ``crop_size`` (default 256) every batch holds ``batch_size`` random crops of one
-size (see :class:`hfkernels.training.batches.BatchLoader`); the record of each epoch says which batch sizes
-and crop sizes it used, and its images per second.
-
-After every epoch (on rank 0): evaluation of a fixed subset of every test set (``eval_pairs``
-pairs spread over the set, named in the record's ``eval_pairs``; the heuristic baseline is
-scored once on the same pairs), a contact sheet, an atomic checkpoint and a record appended to
-``RUN/history.json``. After the last epoch, the full test sets are scored once (``final_eval``;
-trained and heuristic guidance, the expected time printed first) into the last record's
-``final_eval``, and the results page reuses those scores. Under ``torchrun`` the model is wrapped
-in DistributedDataParallel (gloo on CPU, NCCL on CUDA) and each process takes its share of the
-batches.
-
-Set ``HFK_SAVE_RANK_WEIGHTS=1`` to make every process write ``RUN/rank<r>.safetensors`` with the
-weights it ended with (tests use it to check that DDP processes agree).
-
-The settings live in :mod:`hfkernels.train_config`, the process group in
-:mod:`hfkernels.distributed`, the sheets and the end-of-run table in
-:mod:`hfkernels.epoch_report`, the scoring in :mod:`hfkernels.evaluation`.
-
-Reproducibility: the weights are initialised from ``seed`` and the batch order of epoch ``e``
-depends only on ``(seed, e)``, so a run resumed from epoch k follows the same path as one that
-never stopped (bit for bit on CPU).
+``HFK_SAVE_RANK_WEIGHTS=1`` makes every process write ``RUN/rank<r>.safetensors`` with its final
+weights (tests use it to check that DDP processes agree).
 """
 from __future__ import annotations
 
@@ -64,7 +25,14 @@ import torch
 
 from ..core.fusion import fuse_color, heuristic_guidance, with_luma
 from ..core.losses import FusionLoss
-from ..evaluation import Pair, colour_fusion, means, pairs_from_dataset, score, spread_indices
+from ..evaluation import (
+    Pair,
+    colour_fusion,
+    means,
+    pairs_from_dataset,
+    score,
+    spread_indices,
+)
 from ..guidance import checkpoint as ckpt
 from ..guidance import model_guidance
 from ..guidance.models import GuidanceUNet, count_parameters, forward_pair, kl_term
@@ -74,7 +42,6 @@ from .batches import BatchLoader
 from .config import BUDGET_EPOCHS, DEFAULT_OUT, TrainConfig
 from .distributed import Distributed
 from .synthetic import SyntheticPairs
-
 
 #: time of a no-gradient forward pass over that of a training step (forward, backward, optimizer),
 #: for reserving the BatchNorm re-estimation inside a time budget; measured about 0.3 on a CPU
@@ -429,7 +396,7 @@ class Trainer:
         if self.dist.main and self.test_sets:
             n_eval = sum(len(v) for v in eval_pairs.values())
             if cfg.baseline and (not baseline_path.is_file()
-                                 or read_json(baseline_path).get("pairs") != eval_pairs):
+                                 or ckpt.read_json_file(baseline_path, dict, "heuristic baseline").get("pairs") != eval_pairs):
                 atomic_write_json(baseline_path, {"heuristic": self.evaluate(heuristic_guidance),
                                                        "pairs": eval_pairs})
             mpx = sum(ds.sizes[i][0] * ds.sizes[i][1] for n, ds in self.test_sets for i in self.eval_subsets[n]) / 1e6

@@ -13,7 +13,16 @@ The temporal measure itself is :func:`hfkernels.metrics.flicker`. Design: docs/d
 from __future__ import annotations
 
 from .fuser import ALPHA, CUT, PRESETS, FusedBatch, VideoFuser, check_pair, fuse_video
-from .io import CODECS, VIDEO_FORMATS, FrameSequence, FrameWriter, av_version, is_video, open_frames, require_av
+from .io import (
+           CODECS,
+           VIDEO_FORMATS,
+           FrameSequence,
+           FrameWriter,
+           av_version,
+           is_video,
+           open_frames,
+           require_av,
+)
 from .scores import FLICKER, evaluate_video, score_batches
 from .temporal import TemporalGuidance
 
