@@ -41,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--crop", type=int, default=0,
+                   help="train on random crops of this side (default 0: whole images, as the shipped guide was)")
     p.add_argument("--loss-weights", default="{}", help="JSON object of FusionLoss weights (default: released)")
     return p.parse_args(argv)
 
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
                       batch_size=args.batch_size, max_size=args.max_size, lr=args.lr, epochs=args.epochs,
                       seed=args.seed, out=str(run_dir), device="cpu", metrics=list(VAL_METRICS),
                       loss_weights=json.loads(args.loss_weights), sheet_pairs=0, report=False, baseline=True,
-                      eval_pairs=None, final_eval=False)
+                      eval_pairs=None, final_eval=False, crop_size=args.crop or None)
     t0 = time.perf_counter()
     tr = Trainer(cfg, resume=True, progress=False, on_epoch=on_epoch)
     try:

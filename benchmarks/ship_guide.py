@@ -207,7 +207,7 @@ def ship_candidate(args) -> int:
                     "sha256": hashlib.sha256(blob).hexdigest()},
         "recipe": {"command": (f"python benchmarks/guide_candidate.py --preset {st['preset']} --guide {st['guide']} "
                                f"--lr {st['lr']:g} --max-size {st['max_size']} --batch-size {st['batch_size']} "
-                               f"--epochs {st['epochs']} --seed {st['seed']}; then "
+                               f"--epochs {st['epochs']} --seed {st['seed']} --crop {st.get('crop', 0)}; then "
                                "python benchmarks/ship_guide.py --candidate OUT"),
                    "settings": {k: v for k, v in st.items() if k != "data_root"},
                    "chosen_epoch": epoch, "chosen_on": "validation split, (VIF + 1.5 Qabf + SSIM) / 3",
