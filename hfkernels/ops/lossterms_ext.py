@@ -23,6 +23,7 @@ import contextlib
 
 import torch
 
+from ..core import ext as _ext
 from ..core import reference as ref
 from ..core.backends import implements
 
@@ -89,7 +90,6 @@ class _LossTerms(torch.autograd.Function):
         return dA, dB, dF, None
 
 
-@implements("lossterms", "cpu")
 def lossterms_cpu(A, B, F, ir_compose: float):
     if torch.is_grad_enabled() and any(t.requires_grad for t in (A, B, F)):
         return _LossTerms.apply(A, B, F, float(ir_compose))
@@ -101,5 +101,9 @@ class _NoCtx:
     def save_for_backward(self, *a):
         pass
 
+
+# the "cpu" backend is the extension's: without it the backend registers nothing at all
+if _ext.ERROR is None:
+    implements("lossterms", "cpu")(lossterms_cpu)
 
 __all__ = ["lossterms_cpu"]
