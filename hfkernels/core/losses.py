@@ -84,6 +84,10 @@ def ssim(x, y, window_size: int = 11, sigma: float = 1.5, data_range=1.0, paddin
          *, backend: str | None = None) -> torch.Tensor:
     """Mean structural similarity of x and y, a 0-dim tensor, differentiable in both.
 
+    The training loss's SSIM of two images (Gaussian window, the fast ops). Not
+    :func:`hfkernels.metrics.ssim`, the evaluation metric, which scores a fusion against both
+    sources (SSIM(A, F) + SSIM(B, F), 0 to 2) by the published protocol.
+
     Args:
         x, y: (B, C, H, W) images of one shape, floating dtype and device.
         window_size: Gaussian window side (>= 1), shrunk to ``min(window_size, H, W)``; an even

@@ -115,6 +115,9 @@ def _single(name: str):
 
 
 # one function a metric, named after it in lower case (METRICS order)
+# One function per metric, ``name(vis, ir, fused, protocol="paper") -> (B,)``. ``metrics.ssim`` is
+# the evaluation metric (SSIM(A, F) + SSIM(B, F), 0 to 2), not ``hfkernels.ssim``, the
+# differentiable SSIM of two images that the training loss uses.
 en, mi, vif, qabf, ssim, sd, sf, ag, scd, cc, psnr, mse, nabf = map(_single, METRICS)
 
 __all__ = [
