@@ -40,18 +40,21 @@ def test_record_matches_the_weights():
         assert key in card["recipe"], key
 
 
-def test_record_backs_the_default():
-    """The shipped (float16) weights scored at least the heuristic's VIF and Qabf on MSRS-test and
-    on at least two of the three Harvard sets: the reason it is the default."""
-    scores = G.guide_card()["scores"]
-    shipped, heur = scores["shipped (float16 weights)"], scores["heuristic guidance"]
-    assert set(HELD_OUT) <= set(shipped)
+@pytest.mark.data
+def test_shipped_weights_beat_the_heuristic_on_real_pairs(data_dir):
+    """The reason the guide is the default, checked on the weights themselves rather than on the
+    numbers its record states: on the first four MSRS-test pairs the shipped guide's fusion
+    scores above the heuristic's in VIF and Qabf (measured 2026-12-04: VIF 0.87-0.99 vs 0.73-0.83,
+    Qabf 0.55-0.62 vs 0.50-0.58)."""
+    from hfkernels.io import match_pairs
+    from hfkernels.metrics import evaluate
 
-    def wins(s):
-        return all(shipped[s][m] >= heur[s][m] for m in ("VIF", "Qabf"))
-
-    assert wins("MSRS-test")
-    assert sum(wins(s) for s in HELD_OUT[1:]) >= 2
+    for a, b in match_pairs(data_dir / "MSRS" / "test" / "vi", data_dir / "MSRS" / "test" / "ir").pairs[:4]:
+        vis, ir = read_image(a, "rgb")[None], read_image(b, "gray")[None]
+        guide = evaluate(vis, ir, hk.fuse_color(vis, ir), ["VIF", "Qabf"])
+        heur = evaluate(vis, ir, hk.fuse_color(vis, ir, hk.heuristic_guidance(vis, ir)), ["VIF", "Qabf"])
+        for m in ("VIF", "Qabf"):
+            assert float(guide[m]) > float(heur[m]), (a.name, m)
 
 
 def test_default_guidance_is_the_packaged_network():
