@@ -97,6 +97,16 @@ def paper_net():
     return net
 
 
+def _case(request, long_why, gpu_shape, cpu_shape):
+    """A table case's set-up: skip it unless asked for when it is long (``long_why`` says why),
+    then ``((B, H, W), vis, ir, fuse backend)`` at the GPU's or the scaled CPU shape."""
+    if long_why:
+        long_case(request, long_why)
+    b, h, w = gpu_shape if HAS_GPU else cpu_shape
+    vis, ir = _pairs(b, h, w, MAIN_DEVICE)
+    return (b, h, w), vis, ir, best_backend("fuse", MAIN_DEVICE)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("row", range(len(TABLE5)), ids=["b16-256x256", "b16-640x480", "b48-640x480"])
 def test_table5_inference(rec, paper_net, row, precision, request):
@@ -105,12 +115,9 @@ def test_table5_inference(rec, paper_net, row, precision, request):
     device = MAIN_DEVICE
     if precision == "bf16":
         skip_emulated_bf16(device)
-    if row in LONG_TABLE5_ROWS:
-        long_case(request, f"Table 5 row {row} at {cpu_shape}: the 17 M-parameter U-Net on the reference "
-                           "backend as well, minutes per case")
-    b, h, w = gpu_shape if HAS_GPU else cpu_shape
-    vis, ir = _pairs(b, h, w, device)
-    backend = best_backend("fuse", device)
+    long_why = (f"Table 5 row {row} at {cpu_shape}: the 17 M-parameter U-Net on the reference backend as "
+                "well, minutes per case") if row in LONG_TABLE5_ROWS else None
+    (b, h, w), vis, ir, backend = _case(request, long_why, gpu_shape, cpu_shape)
 
     def pipeline(bk):
         def infer():
@@ -176,12 +183,9 @@ LONG_TABLE9_PRESETS = ("paper",)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_table9_training(rec, tmp_path, preset, request):
     device = MAIN_DEVICE
-    if preset in LONG_TABLE9_PRESETS:
-        long_case(request, f"Table 9 with the {preset} preset: a 17 M-parameter training step, "
-                           "and the same on the reference backend, take minutes")
-    b, h, w = TABLE9_GPU if HAS_GPU else TABLE9_CPU
-    vis, ir = _pairs(b, h, w, device)
-    backend = best_backend("fuse", device)
+    long_why = (f"Table 9 with the {preset} preset: a 17 M-parameter training step, and the same on the "
+                "reference backend, take minutes") if preset in LONG_TABLE9_PRESETS else None
+    (b, h, w), vis, ir, backend = _case(request, long_why, TABLE9_GPU, TABLE9_CPU)
     tr = _trainer(preset, backend, b, (h, w), tmp_path)
     precision = "bf16 autocast" if device == "cuda" else "fp32"
     rec.describe(op="table9 training step", mode=precision, shape=(b, 3, h, w), dtype=precision, backend=backend,
