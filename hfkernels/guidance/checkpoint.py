@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..io import atomic_write_bytes, atomic_write_json, read_json
+from ..io import atomic_write_bytes, atomic_write_json, read_json_file
 from .models import GUIDE_OF_OLD_FILES, build_model
 
 CHECKPOINT_JSON = "checkpoint.json"
@@ -111,26 +111,6 @@ def save_checkpoint(run_dir, model, optimizer=None, epoch: int = 0, extra: dict 
 
 def has_checkpoint(run_dir) -> bool:
     return (Path(run_dir) / CHECKPOINT_JSON).is_file()
-
-
-def read_json_file(path, expect: type | tuple | None = None, what: str = "file"):
-    """``read_json(path)`` for a file that may be anything: ValueError naming the file for
-    unreadable, non-UTF-8 or invalid JSON, or (``expect``) a top level of another type."""
-    try:
-        obj = read_json(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {path} is missing") from None
-    except IsADirectoryError:
-        raise ValueError(f"{what} {path} is a folder, not a JSON file") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{what} {path} is not a JSON text file ({e.reason})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
-    if expect is not None and not isinstance(obj, expect):
-        names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
-        kinds = {"dict": "a JSON object", "list": "a JSON list"}
-        raise ValueError(f"{what} {path} must hold {kinds.get(names, names)}, got {type(obj).__name__}")
-    return obj
 
 
 def read_history(path) -> list[dict]:
@@ -278,5 +258,5 @@ def load_model(path, map_location="cpu"):
     return model.to(map_location)
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "read_json", "read_json_file", "read_history", "save_checkpoint", "load_checkpoint",
+__all__ = ["read_history", "save_checkpoint", "load_checkpoint",
            "has_checkpoint", "load_model", "CHECKPOINT_JSON", "CONFIG_JSON"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import sys
 from importlib.resources import as_file, files
@@ -32,6 +31,7 @@ from typing import Callable
 import torch
 
 from ..core.fusion import heuristic_guidance
+from ..io import read_json_file
 from .checkpoint import load_model
 from .models import forward_pair
 
@@ -101,11 +101,9 @@ def guide_card(name: str = SHIPPED_GUIDE) -> dict:
 def _card(name: str) -> dict:
     path = _guides_folder() / f"{name}.json"
     try:
-        card = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"packaged guide record {path} is not valid JSON ({e}); reinstall hfkernels") from None
-    if not isinstance(card, dict):
-        raise ValueError(f"packaged guide record {path} must hold a JSON object, got {type(card).__name__}")
+        card = read_json_file(path, dict, "packaged guide record")
+    except ValueError as e:
+        raise ValueError(f"{e}; reinstall hfkernels") from None
     for field, kind in (("model", dict), ("weights", dict), ("recipe", dict)):
         if not isinstance(card.get(field), kind):
             raise ValueError(f"packaged guide record {path}: field {field!r} is missing or not an object")

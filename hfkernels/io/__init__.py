@@ -34,6 +34,7 @@ from .files import (
     match_pairs,
     read_image,
     read_json,
+    read_json_file,
     write_image,
     write_output,
 )
@@ -43,6 +44,6 @@ __all__ = [
     "to_uint8", "IMAGE_EXTS", "OutputError", "PairingError", "Pairs", "atomic_write_bytes",
     "atomic_write_json", "check_output_folder", "check_outputs", "check_pair_sizes", "data_root",
     "describe_unmatched", "header_size",
-    "is_image", "is_stream", "list_images", "match_pairs", "read_image", "read_json", "write_image",
+    "is_image", "is_stream", "list_images", "match_pairs", "read_image", "read_json", "read_json_file", "write_image",
     "write_output",
 ]

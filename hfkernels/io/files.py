@@ -218,6 +218,26 @@ def read_json(path):
         return json.load(f)
 
 
+def read_json_file(path, expect: type | tuple | None = None, what: str = "file"):
+    """``read_json(path)`` for a file that may be anything: ValueError naming the file for
+    unreadable, non-UTF-8 or invalid JSON, or (``expect``) a top level of another type."""
+    try:
+        obj = read_json(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} is missing") from None
+    except IsADirectoryError:
+        raise ValueError(f"{what} {path} is a folder, not a JSON file") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what} {path} is not a JSON text file ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}") from None
+    if expect is not None and not isinstance(obj, expect):
+        names = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
+        kinds = {"dict": "a JSON object", "list": "a JSON list"}
+        raise ValueError(f"{what} {path} must hold {kinds.get(names, names)}, got {type(obj).__name__}")
+    return obj
+
+
 def write_output(path, data: bytes) -> None:
     """Write a command's output file: atomically (:func:`atomic_write_bytes`) for a file,
     straight through for a stream such as ``/dev/stdout``."""

@@ -36,7 +36,7 @@ from ..evaluation import (
 from ..guidance import checkpoint as ckpt
 from ..guidance import model_guidance
 from ..guidance.models import GuidanceUNet, count_parameters, forward_pair, kl_term
-from ..io import PairDataset, atomic_write_bytes, atomic_write_json
+from ..io import PairDataset, atomic_write_bytes, atomic_write_json, read_json_file
 from . import epoch_report
 from .batches import BatchLoader
 from .config import BUDGET_EPOCHS, DEFAULT_OUT, TrainConfig
@@ -396,7 +396,7 @@ class Trainer:
         if self.dist.main and self.test_sets:
             n_eval = sum(len(v) for v in eval_pairs.values())
             if cfg.baseline and (not baseline_path.is_file()
-                                 or ckpt.read_json_file(baseline_path, dict, "heuristic baseline").get("pairs") != eval_pairs):
+                                 or read_json_file(baseline_path, dict, "heuristic baseline").get("pairs") != eval_pairs):
                 atomic_write_json(baseline_path, {"heuristic": self.evaluate(heuristic_guidance),
                                                        "pairs": eval_pairs})
             mpx = sum(ds.sizes[i][0] * ds.sizes[i][1] for n, ds in self.test_sets for i in self.eval_subsets[n]) / 1e6

@@ -427,13 +427,14 @@ def history_of(run) -> tuple[list | None, dict | None]:
     Read before any work: a file that is there but not what it should be is a ValueError
     naming it."""
     from ...guidance import checkpoint as ckpt
+    from ...io import read_json_file
 
     run = Path(run)
     if not run.is_dir():
         return None, None
     hist, base = run / "history.json", run / "baseline.json"
     return (ckpt.read_history(hist) if os.path.lexists(hist) else None,
-            ckpt.read_json_file(base, dict, "baseline record") if os.path.lexists(base) else None)
+            read_json_file(base, dict, "baseline record") if os.path.lexists(base) else None)
 
 
 __all__ = ["ReportPair", "ReportSet", "ReportPictures", "pairs_from_jobs", "pairs_from_dataset", "fused_and_mu",
