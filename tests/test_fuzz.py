@@ -169,13 +169,13 @@ def grads_close(got, want, dtype, what):
 
 
 @st.composite
-def fuse_cases(draw, backend):
+def fuse_cases(draw, backend, device):
     small = tiny(backend)
     b = draw(st.integers(1, 2 if small else 3))
     c = draw(st.integers(1, 3 if small else 4))
     h, w = (draw(st.integers(1, 6 if small else 24)) for _ in range(2))
     return dict(
-        b=b, c=c, h=h, w=w, cir=draw(st.sampled_from([1, c])), dtype=draw(st.sampled_from(dtypes_of(backend))),
+        b=b, c=c, h=h, w=w, cir=draw(st.sampled_from([1, c])), dtype=draw(st.sampled_from(dtypes_of(backend, device))),
         levels=draw(st.one_of(st.integers(1, 7), st.sampled_from([10**6, 10**9]))),
         vis=draw(tensor_spec()), ir=draw(tensor_spec()),
         mu=draw(st.one_of(tensor_spec(), tensor_spec(-0.5, 1.5))),  # outside [0, 1]: extrapolates
@@ -245,7 +245,7 @@ def check_fuse(backend, device, case):
 
 @pytest.mark.parametrize("backend,device", backend_device_pairs("fuse"))
 def test_fuse(backend, device):
-    run("fuse", backend, fuse_cases(backend), lambda case: check_fuse(backend, device, case))
+    run("fuse", backend, fuse_cases(backend, device), lambda case: check_fuse(backend, device, case))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,13 +421,13 @@ def ssim_slack(x, y, window, sigma, data_range, dtype):
 
 
 @st.composite
-def ssim_cases(draw, backend):
+def ssim_cases(draw, backend, device):
     small = tiny(backend)
     h, w = (draw(st.integers(1, 10 if small else 30)) for _ in range(2))
     scale = draw(st.sampled_from([1.0, 2.0, 255.0]))
     return dict(
         b=draw(st.integers(1, 2)), c=draw(st.integers(1, 2 if small else 3)), h=h, w=w,
-        dtype=draw(st.sampled_from(dtypes_of(backend))), x=draw(tensor_spec(0.0, scale)),
+        dtype=draw(st.sampled_from(dtypes_of(backend, device))), x=draw(tensor_spec(0.0, scale)),
         y=draw(tensor_spec(0.0, scale)), window=draw(st.integers(1, 8 if small else 15)),
         sigma=draw(st.floats(0.3, 5.0)), padding=draw(st.sampled_from(["valid", "same"])),
         data_range=draw(st.sampled_from([None, scale])), grad=(not small) and draw(st.booleans()),
@@ -468,7 +468,7 @@ def check_ssim(backend, device, case):
 
 @pytest.mark.parametrize("backend,device", backend_device_pairs("ssim"))
 def test_ssim(backend, device):
-    run("ssim", backend, ssim_cases(backend), lambda case: check_ssim(backend, device, case))
+    run("ssim", backend, ssim_cases(backend, device), lambda case: check_ssim(backend, device, case))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,12 +476,12 @@ def test_ssim(backend, device):
 
 
 @st.composite
-def gmax_cases(draw, backend):
+def gmax_cases(draw, backend, device):
     small = tiny(backend)
     h, w = (draw(st.integers(1, 8 if small else 30)) for _ in range(2))
     return dict(
         b=draw(st.integers(1, 2)), c=draw(st.integers(1, 3)), h=h, w=w,
-        dtype=draw(st.sampled_from(dtypes_of(backend))),
+        dtype=draw(st.sampled_from(dtypes_of(backend, device))),
         ts=[draw(tensor_spec(-1.0, 1.0)) for _ in range(3)], grad=(not small) and draw(st.booleans()),
         bad=draw(mutation("f shape", "a dtype", "b 3-D")),
     )
@@ -517,7 +517,7 @@ def check_gmax(backend, device, case):
 
 @pytest.mark.parametrize("backend,device", backend_device_pairs("gradient_max"))
 def test_gradient_max(backend, device):
-    run("gradient_max", backend, gmax_cases(backend), lambda case: check_gmax(backend, device, case))
+    run("gradient_max", backend, gmax_cases(backend, device), lambda case: check_gmax(backend, device, case))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def _pair(shape, dtype, seed=0, corr=0.6):
 
 def _value_and_grads(fn, x, y, seed=1):
     v = fn(x, y)
-    g = torch.randn(v.shape, generator=torch.Generator().manual_seed(seed), dtype=v.dtype)
+    g = torch.randn(v.shape, generator=torch.Generator().manual_seed(seed), dtype=v.dtype).to(v.device)
     return (v, *torch.autograd.grad(v, (x, y), g))
 
 

@@ -69,7 +69,7 @@ def test_ssim_value_and_gradient(backend, device, padding, window):
     for shape in _ssim_shapes(backend, device):
         for dtype in dtypes:
             x, y = _pair(shape, device, dtype, seed=window)
-            xr, yr = x.double().requires_grad_(), y.double().requires_grad_()
+            xr, yr = x.double().cpu().requires_grad_(), y.double().cpu().requires_grad_()
             want = lref.ssim_per_image(xr, yr, window, 1.5, 1.0, padding)
             g = torch.linspace(0.5, 1.5, shape[0], dtype=torch.float64)
             gxr, gyr = torch.autograd.grad(want, (xr, yr), g)
@@ -118,15 +118,20 @@ def test_ssim_gradcheck_float64(backend, device, padding, window):
 @pytest.mark.parametrize("value", [0.0, 0.3, -0.71, 200.0])
 def test_ssim_constant_images_give_exactly_one(backend, device, padding, value):
     shape = (1, 2, 12, 13) if _interp(backend, device) else (2, 3, 20, 23)
+    # exactly 1 on the CPU. On a GPU the kernels contract a*b + c into fused multiply-adds and
+    # torch's convolutions (cuDNN) pick their own summation order per channel, so numerator and
+    # denominator may round apart: measured on an H200, the kernels within 2 ulp of 1 and the
+    # torch backend within 1.6e-6, inside the float32 tolerance of the backends
+    tol = 0.0 if device == "cpu" else tolerance(backend, torch.float32)[0]
     for window in (11, 48, 6):
         x = torch.full(shape, value, device=device).requires_grad_()
         s = hk.ssim(x, x, window, padding=padding, data_range=None, backend=backend)
-        assert float(s.detach()) == 1.0, f"{backend}: SSIM of a constant image with itself is {float(s.detach())!r}"
+        assert abs(float(s.detach()) - 1.0) <= tol, f"{backend}: SSIM of a constant image with itself is {float(s.detach())!r}"
         (gx,) = torch.autograd.grad(s, x)
         assert torch.isfinite(gx).all()
         # the same constant as two different tensors, and a constant against a textured image
         y = torch.full_like(x, value).requires_grad_()
-        assert float(hk.ssim(x, y, window, padding=padding, backend=backend).detach()) == 1.0
+        assert abs(float(hk.ssim(x, y, window, padding=padding, backend=backend).detach()) - 1.0) <= tol
         t, _ = _pair(x.shape, device, seed=7)
         t.requires_grad_()
         v = hk.ssim(x, t, window, padding=padding, backend=backend)
@@ -152,7 +157,10 @@ def test_ssim_window_one_is_pointwise(backend, device):
     x, y = _pair((1, 3, 6, 5), device, torch.float32, seed=9)
     c1 = 1e-4
     want = ((2 * x * y + c1) / (x * x + y * y + c1)).mean()
-    torch.testing.assert_close(hk.ssim(x, y, 1, backend=backend), want, atol=1e-6, rtol=1e-6)
+    # On a GPU the kernels' variances E[x^2] - E[x]^2 are a fused multiply-add, which leaves the
+    # rounding error of E[x]^2 (~1e-8) instead of an exact zero; over C2 = 9e-4 that is ~1e-5.
+    tol = 1e-6 if device == "cpu" else 5e-5
+    torch.testing.assert_close(hk.ssim(x, y, 1, backend=backend), want, atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("backend,device", SSIM)

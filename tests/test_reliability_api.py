@@ -85,6 +85,13 @@ def test_pyramid_levels_past_1x1_are_refused():
 # -- double backward ---------------------------------------------------------------------------
 
 
+def _skip_without_float64(backend, device):
+    """Second derivatives are compared in float64: a backend that refuses it on ``device`` (the
+    CUDA extension) is skipped, with the reason."""
+    if torch.float64 not in get_backend(backend).dtypes.get(torch.device(device).type, ()):
+        pytest.skip(f"backend {backend!r} does not take float64 on {device}")
+
+
 def _second_order_fuse(backend, device, dtype=torch.float64):
     v, i, m = (rand(1, c, 6, 5, dtype=dtype, seed=s).to(device).requires_grad_() for s, c in enumerate((2, 1, 1)))
     (gv,) = torch.autograd.grad(hk.fuse(v, i, m, 2, backend=backend).pow(2).sum(), v, create_graph=True)
@@ -94,6 +101,7 @@ def _second_order_fuse(backend, device, dtype=torch.float64):
 @pytest.mark.parametrize("backend,device", FUSE)
 def test_fuse_double_backward_matches_reference(backend, device):
     # a regression case: the cpu backend used to return zeros here (with only a UserWarning)
+    _skip_without_float64(backend, device)
     got = _second_order_fuse(backend, device)
     want = _second_order_fuse("torch", "cpu")
     for g, w in zip(got, want):
@@ -120,6 +128,7 @@ def test_loss_double_backward_matches_reference(loss, backend, device):
     op = "gradient_max" if loss == "gradient_max" else "ssim"
     if op not in get_backend(backend).ops:
         pytest.skip(f"{backend} does not implement {op}")
+    _skip_without_float64(backend, device)
     fn = LOSSES[loss]
     got = _second_order_loss(fn, backend, device)
     want = _second_order_loss(fn, "torch", "cpu")
@@ -132,6 +141,7 @@ def test_loss_double_backward_matches_reference(loss, backend, device):
 def test_gradgradcheck(backend, device):
     # the Triton interpreter makes gradgradcheck slow; its second derivatives are compared with
     # the reference above
+    _skip_without_float64(backend, device)
     v, i, m = (rand(1, 1, 4, 5, seed=s).to(device).requires_grad_() for s in range(3))
     assert torch.autograd.gradgradcheck(lambda a, b, c: hk.fuse(a, b, c, 2, backend=backend), (v, i, m), fast_mode=True)
     x, y = (rand(1, 1, 5, 5, seed=s).to(device).requires_grad_() for s in range(2))
@@ -150,7 +160,8 @@ def test_first_order_backward_keeps_the_kernels(backend, device, monkeypatch):
         raise AssertionError("first-order backward used the double-backward path")
 
     monkeypatch.setattr(contracts, "differentiable_vjp", boom)
-    v = rand(1, 1, 6, 6).to(device).requires_grad_()
+    dtype = torch.float64 if torch.float64 in get_backend(backend).dtypes[torch.device(device).type] else torch.float32
+    v = rand(1, 1, 6, 6, dtype=dtype).to(device).requires_grad_()
     hk.fuse(v, v.detach(), v.detach(), backend=backend).sum().backward()
     assert v.grad is not None and float(v.grad.abs().sum()) > 0
 

@@ -139,9 +139,12 @@ if triton is not None:
         _store5(h, _i64(NROWS) * WO, g * WO + q, sx, sy, sxx, syy, sxy, ok)
 
     @triton.jit
-    def _ssim_v_kernel(h, taps, gscale, out, NP, H, HO, WO, OFF, K, c1, c2,
+    def _ssim_v_kernel(h, taps, consts, gscale, out, NP, H, HO, WO, OFF, K,
                        BACKWARD: tl.constexpr, ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
-        """Vertical filter of h (5, NP, H, WO) and the SSIM formula on rows g over NP*HO."""
+        """Vertical filter of h (5, NP, H, WO) and the SSIM formula on rows g over NP*HO, with
+        consts = [C1, C2] in the compute dtype."""
+        c1 = tl.load(consts)
+        c2 = tl.load(consts + 1)
         g = _rows(BH)
         q = _cols(BW)
         nrows = _i64(NP) * HO
@@ -293,11 +296,12 @@ if triton is not None:
         return gs * sd * _sign(fv), ga * _sign(av), gb * _sign(bv)
 
     @triton.jit
-    def _gmax_coef_kernel(a, b, f, grad, coef, NP, H, W, inv_n,
+    def _gmax_coef_kernel(a, b, f, grad, coef, NP, H, W,
                           ACC64: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
-        """coef (6, NP, H, W): d loss / d [f_x, a_x, b_x, f_y, a_y, b_y] Sobel responses."""
+        """coef (6, NP, H, W): d loss / d [f_x, a_x, b_x, f_y, a_y, b_y] Sobel responses, for
+        grad = d loss / d (one pixel's term), already divided by the pixel count."""
         o, m, ax, ay, bx, by, fx, fy = _sobel3(a, b, f, NP, H, W, ACC64, BH, BW)
-        gs = tl.load(grad).to(ax.dtype) * inv_n
+        gs = tl.load(grad).to(ax.dtype)
         cfx, cax, cbx = _coefs(fx, ax, bx, gs)
         cfy, cay, cby = _coefs(fy, ay, by, gs)
         n = _i64(NP) * H * W
@@ -396,8 +400,11 @@ if triton is not None:
         """Step 2 of the module docstring: the SSIM map (forward) or G for gscale (backward)."""
         taps, k, _, wo, oy, ho, acc64 = plan
         b, c, h, _ = x.shape
-        _TILES.launch(wrap_triton(_ssim_v_kernel), b * c * ho, wo, hbuf, taps, gscale, out,
-                      b * c, h, ho, wo, oy, k, c1, c2, BACKWARD=backward, ACC64=acc64)
+        # C1, C2 travel as a tensor: a Python float argument reaches a compiled kernel as float32,
+        # which would cost float64 SSIM about 1e-8 of relative accuracy
+        consts = torch.tensor([c1, c2], dtype=taps.dtype, device=x.device)
+        _TILES.launch(wrap_triton(_ssim_v_kernel), b * c * ho, wo, hbuf, taps, consts, gscale, out,
+                      b * c, h, ho, wo, oy, k, BACKWARD=backward, ACC64=acc64)
         return out
 
     @triton_op("hfkernels::ssim_triton", mutates_args=())
@@ -472,8 +479,10 @@ if triton is not None:
         cdt = accumulation_dtype(f)
         acc64 = cdt == torch.float64
         coef = torch.empty((6, n * c, h, w), dtype=cdt, device=f.device)
-        _TILES.launch(wrap_triton(_gmax_coef_kernel), n * c * h, w, a, b, f, grad, coef, n * c, h, w,
-                      1.0 / f.numel(), ACC64=acc64)
+        # the 1/numel scale is applied here, in the compute dtype: a Python float argument would
+        # reach a compiled kernel as float32
+        scaled = grad.to(cdt) / f.numel()
+        _TILES.launch(wrap_triton(_gmax_coef_kernel), n * c * h, w, a, b, f, scaled, coef, n * c, h, w, ACC64=acc64)
         ga, gb, gf = torch.empty_like(a), torch.empty_like(b), torch.empty_like(f)
         _TILES.launch(wrap_triton(_gmax_adjoint_kernel), n * c * h, w, coef, ga, gb, gf, n * c, h, w, ACC64=acc64)
         return ga, gb, gf
