@@ -93,3 +93,31 @@ def test_eval_clip_per_frame_and_flicker(clips, tmp_path, capsys):
     assert main(["eval", "--vis", str(v), "--ir", str(i), "--method", "laplacian"]) == 2
     one_error_line(capsys, "heuristic, guide or a constant")
     assert torch.isfinite(torch.tensor(rec["mean"]["VIF"]))
+
+
+def test_eval_clip_report_page(clips, tmp_path, capsys):
+    # a clip's page: means, every frame's row, pictures of --report-limit frames spread over the
+    # clip, and each metric over time (flicker from frame 1 on)
+    from hfkernels.evaluation.report import shown_indices
+
+    v, i = clips
+    rep = tmp_path / "rep"
+    assert main(["eval", "--vis", str(v), "--ir", str(i), "--method", "heuristic", "--metrics", "VIF,Qabf",
+                 "--report", str(rep), "--report-limit", "3", "--quiet"]) == 0
+    assert f"report: {rep / 'index.html'}" in capsys.readouterr().out
+    html = (rep / "index.html").read_text()
+    assert 'id="over-time"' in html and html.count('class="plot"') >= 3  # VIF, Qabf, flicker
+    assert ">frame</text>" in html and "frame 4:" in html  # the curves run over frames
+    # lower flicker is better; frame 0 has none, and the mean leaves it out rather than being NaN
+    means = html[html.index("Mean over"):html.index("Distribution")]
+    assert "flicker ↓" in means and "nan" not in means.lower()
+    for k in range(5):
+        assert f"frame {k:06d}" in html
+    shown = sorted(d.name for d in next((rep / "index_files").iterdir()).iterdir())
+    assert shown == [f"{k:05d}" for k in shown_indices(5, 3)] and len(shown) == 3
+    assert (rep / "index_files").exists() and not [p for p in rep.iterdir() if p.name.startswith(".")]
+    # the page is not replaced without --overwrite, before any frame is fused
+    before = html
+    assert main(["eval", "--vis", str(v), "--ir", str(i), "--method", "heuristic", "--report", str(rep)]) == 2
+    one_error_line(capsys, "index.html already exists")
+    assert (rep / "index.html").read_text() == before

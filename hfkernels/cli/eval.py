@@ -91,8 +91,8 @@ def register(sub):
     p.add_argument("--report", metavar="DIR",
                    help="also write a results page, DIR/index.html (tables, pictures, plots; opens from disk)")
     p.add_argument("--report-limit", type=int, metavar="N",
-                   help="pictures for at most N pairs on the page, spread over the set (metrics cover all; "
-                        "default: every pair)")
+                   help="pictures for at most N pairs (or frames of a clip) on the page, spread over the set "
+                        "(metrics cover all; default: every pair, 8 frames of a clip)")
     from ..video.cli import add_eval_options
 
     add_eval_options(p)
@@ -376,8 +376,8 @@ def _video(args, names, device) -> bool:
 
     if not video_cli.wanted(args):
         return False
-    if args.data or args.baselines or args.report:
-        raise CLIError("--data, --baselines and --report are for image pairs; give --vis/--ir clips")
+    if args.data or args.baselines:
+        raise CLIError("--data and --baselines are for image pairs; give --vis/--ir clips")
     if sum(bool(x) for x in (args.fused, args.method, args.checkpoint)) != 1:
         raise CLIError("for videos give one of --fused, --method, --checkpoint")
     mu_fn = None
@@ -390,10 +390,10 @@ def _video(args, names, device) -> bool:
         except ValueError:
             raise CLIError(f"for videos --method takes heuristic, guide or a constant in [0, 1], got {spec!r}") from None
     check_eval_outputs(args, [], Path(args.vis), Path(args.ir), Path(args.fused) if args.fused else None)
-    rows, mean, all_names = video_cli.run_eval(args, names, mu_fn, device)
-    print(format_table({"mean": mean} if args.quiet else {**rows, "mean": mean}, all_names, first="frame"))
     source = (f"fused {args.fused}" if args.fused else f"checkpoint {args.checkpoint}" if args.checkpoint
               else f"method {args.method}")
+    rows, mean, all_names = video_cli.run_eval(args, names, mu_fn, device, label=source)
+    print(format_table({"mean": mean} if args.quiet else {**rows, "mean": mean}, all_names, first="frame"))
     if args.json:
         dump_json(args.json, {"protocol": args.protocol, "source": source, "metrics": list(all_names),
                               "per_image": rows, "mean": mean})

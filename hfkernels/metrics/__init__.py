@@ -41,7 +41,7 @@ METRICS = tuple(_PREPARED)
 #: the metrics the reference tables report
 PAPER_METRICS = ("EN", "MI", "VIF", "Qabf", "SSIM", "SD")
 #: True where a larger value is better
-HIGHER_IS_BETTER = {name: name not in ("MSE", "Nabf") for name in METRICS}
+HIGHER_IS_BETTER = {name: name not in ("MSE", "Nabf") for name in METRICS} | {"flicker": False}
 
 
 def check_names(names) -> tuple[str, ...]:

@@ -122,10 +122,43 @@ def run_fuse(args, mu_fn, device, extra_inputs=()) -> int:
     return 0
 
 
-def run_eval(args, names, mu_fn, device):
+#: frames that get pictures on a clip's ``--report`` page when ``--report-limit`` is not given
+REPORT_FRAMES = 8
+
+
+def _frame_names(seq, count: int) -> list[str]:
+    return list(seq.names[:count]) if seq.names else [f"frame {i:06d}" for i in range(count)]
+
+
+def _report_pictures(args, vis, ir, label: str):
+    """``(ReportPictures, frame names)`` for ``--report``, made before any frame is scored (it
+    picks the frames to show from the clip's length); ``(None, None)`` without ``--report``."""
+    if not getattr(args, "report", None):
+        return None, None
+    from ..evaluation.report import ReportPictures
+    from ..evaluation.scoring import Pair
+
+    lengths = [n for n in (vis.length, ir.length) if n is not None]
+    if not lengths:
+        raise ValueError(f"--report needs the clips' frame count, which neither {vis.path} nor {ir.path} records; "
+                         "re-encode one (e.g. to .mkv) or give frame folders with --video")
+    names = _frame_names(vis, min(lengths))
+
+    def never():  # the scoring loop hands every shown frame over; nothing is read twice
+        raise ValueError("a clip's frames are read once, while they are scored")
+
+    limit = REPORT_FRAMES if args.report_limit is None else args.report_limit
+    pics = ReportPictures(args.report, [Pair(n, never) for n in names], [label], limit, overwrite=args.overwrite)
+    return pics, names
+
+
+def run_eval(args, names, mu_fn, device, label: str = "fused"):
     """``hfkernels eval`` on sequences: ``(rows {frame name: {metric: value}}, mean, names)`` with
     ``"flicker"`` added to the names; frames without image metrics (``--frame-step``) hold NaN.
-    ``mu_fn`` is the guidance to fuse with on the fly, or None to score ``--fused``."""
+    ``mu_fn`` is the guidance to fuse with on the fly, or None to score ``--fused``. With
+    ``--report DIR`` it also writes the clip's page: the means, every frame's scores, pictures of
+    ``--report-limit`` frames spread over the clip (default :data:`REPORT_FRAMES`) and each metric
+    over time; ``label`` names the fusion there."""
     import math
 
     from tqdm import tqdm
@@ -134,19 +167,48 @@ def run_eval(args, names, mu_fn, device):
 
     vis, ir = _open(args.vis, "rgb", "--vis"), _open(args.ir, "gray", "--ir")
     check_pair(vis, ir, shortest=args.shortest)
+    pics, shown_names = _report_pictures(args, vis, ir, label)
     if mu_fn is None:
         fused = _open(args.fused, "rgb", "--fused")
         batches = _fused_batches(vis, ir, fused, args.batch)
     else:
         batches = fuser_of(args, mu_fn, device).batches(vis, ir)
+
+    def scored(b):
+        bar.update(b.fused.shape[0])
+        for i in range(b.fused.shape[0] if pics is not None else 0):
+            k = b.start + i
+            if k < len(shown_names) and pics.wants(k):
+                mu = None if b.mu is None else b.mu[i:i + 1]
+                pics.add(k, shown_names[k], b.vis[i:i + 1], b.ir[i:i + 1], {label: (b.fused[i:i + 1].clamp(0, 1), mu)})
+
     total = vis.length
     with tqdm(total=total, desc="eval", unit="frame", dynamic_ncols=True, disable=args.quiet) as bar:
-        res = score_batches(batches, names, args.protocol, args.frame_step,
-                            progress=lambda b: bar.update(b.fused.shape[0]))
-    frame_names = vis.names or [f"frame {i:06d}" for i in range(res["count"])]
+        res = score_batches(batches, names, args.protocol, args.frame_step, progress=scored)
+    frame_names = _frame_names(vis, res["count"])
     all_names = (*names, FLICKER)
     rows = {frame_names[i]: {m: r.get(m, math.nan) for m in all_names} for i, r in sorted(res["frames"].items())}
+    if pics is not None:
+        _write_clip_report(args, rows, all_names, label, pics, device)
     return rows, res["mean"], all_names
+
+
+def _write_clip_report(args, rows: dict, all_names, label: str, pics, device) -> None:
+    import math
+
+    from ..evaluation.report import ReportSet, write_report
+    from ..evaluation.scoring import Pair
+
+    series = {m: [(i, r[m]) for i, r in enumerate(rows.values()) if math.isfinite(r[m])] for m in all_names}
+    step = f"; image metrics on every {args.frame_step}th frame" if args.frame_step > 1 else ""
+    clip = ReportSet(name=f"{Path(args.vis).name} + {Path(args.ir).name}", pairs=[Pair(n, None) for n in rows],
+                     fusions={label: None}, scores={label: rows}, metrics=list(all_names), pictures=pics,
+                     note=f"One row per frame; flicker compares a frame with the one before it (none for the "
+                          f"first){step}.")
+    page = write_report(args.report, [clip], title=f"hfkernels eval: {Path(args.vis).name}", protocol=args.protocol,
+                        limit=args.report_limit, overwrite=args.overwrite, device=device, series=series,
+                        meta=[f"visible {args.vis}; infrared {args.ir}; {label}"])
+    print(f"report: {page}")
 
 
 __all__ = ["add_fuse_options", "add_eval_options", "wanted", "fuser_of", "run_fuse", "run_eval"]

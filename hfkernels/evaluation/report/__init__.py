@@ -284,7 +284,7 @@ def _fill(pics: ReportPictures, s: ReportSet, device, progress: bool) -> None:
 def write_report(out_dir, sets: list[ReportSet], *, title: str = "hfkernels results", protocol: str = "paper",
                  history: list | None = None, baseline: dict | None = None, limit: int | None = None,
                  overwrite: bool = False, device="cpu", meta: list[str] | None = None,
-                 progress: bool = False) -> Path:
+                 progress: bool = False, series: dict | None = None) -> Path:
     """Write ``out_dir/index.html`` and its pictures; returns the page's path.
 
     Args:
@@ -297,6 +297,7 @@ def write_report(out_dir, sets: list[ReportSet], *, title: str = "hfkernels resu
         limit: at most this many pairs per set get pictures (None: all); tables and plots still
             cover every pair.
         overwrite: replace an existing page (and its pictures) instead of raising ValueError.
+        series: ``{metric: [(frame, value), ...]}``, a clip's metrics over time, as curves.
     """
     from ...metrics import HIGHER_IS_BETTER
 
@@ -339,7 +340,7 @@ def write_report(out_dir, sets: list[ReportSet], *, title: str = "hfkernels resu
         lines = list(meta or [])
         lines.append(f"protocol {protocol!r}; written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
                      f"hfkernels {__version__} in {time.perf_counter() - t0:.1f} s (pictures and page)")
-        html = render(title, lines, views, history, baseline)
+        html = render(title, lines, views, history, baseline, series)
         _replace_assets(staging, out_dir / ASSETS)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

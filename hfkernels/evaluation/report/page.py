@@ -79,12 +79,14 @@ def fmt(v) -> str:
 
 
 def _mean(values) -> float:
-    vals = list(values)
+    # NaN is "not available" (an image too small for the metric, a clip's frame without image
+    # metrics): left out, as the command line's means leave it out
+    vals = [v for v in values if not math.isnan(v)]
     return math.fsum(vals) / len(vals) if vals else float("nan")
 
 
 def means(section: SectionView) -> dict:
-    """{fusion: {metric: mean over every pair}} (NaN where a value is not finite)."""
+    """{fusion: {metric: mean over the pairs where it is available}} (NaN where it is nowhere)."""
     return {f: {m: _mean(section.scores[f][i][m] for i in section.images) for m in section.metrics}
             for f in section.fusions}
 
@@ -430,9 +432,24 @@ def training_block(history: list, baseline: dict) -> str:
     return "".join(out)
 
 
-def render(title: str, meta: list[str], sections: list[SectionView], history=None, baseline=None) -> str:
-    """The complete page."""
+def over_time_block(series: dict, x_label: str = "frame") -> str:
+    """``{metric: [(x, value), ...]}`` as one curve per metric (a clip's scores frame by frame)."""
+    if not series:
+        return ""
+    out = ['<section id="over-time"><h2>Over time</h2><p class="note">Each metric frame by frame; a frame '
+           'without image metrics (<code>--frame-step</code>) is left out of its curves.</p><div class="plots">']
+    for m, pts in series.items():
+        out.append(curve_svg(m, pts, x_label=x_label, width=380))
+    out.append("</div></section>")
+    return "".join(out)
+
+
+def render(title: str, meta: list[str], sections: list[SectionView], history=None, baseline=None,
+           series=None) -> str:
+    """The complete page; ``series``: per-frame curves of a clip (:func:`over_time_block`)."""
     nav = "".join(f'<a href="#{s.anchor}">{escape(s.name)}</a>' for s in sections)
+    if series:
+        nav += '<a href="#over-time">over time</a>'
     if history:
         nav += '<a href="#training">training run</a>'
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -463,10 +480,12 @@ def render(title: str, meta: list[str], sections: list[SectionView], history=Non
                      'most, magnified with nearest-neighbour. Bold: the best fusion for that image.</p>')
         parts.append(pairs_table(s))
         parts.append("</section>")
+    if series:
+        parts.append(over_time_block(series))
     if history:  # how the run got there comes after what it gives
         parts.append(training_block(history, baseline))
     parts.append(f"<script>{JS}</script></body></html>")
     return "\n".join(parts)
 
 
-__all__ = ["Picture", "ShownPair", "SectionView", "render", "means", "best_of", "fmt"]
+__all__ = ["Picture", "ShownPair", "SectionView", "render", "over_time_block", "means", "best_of", "fmt"]

@@ -135,10 +135,12 @@ def distribution_svg(metric: str, series: list[tuple[str, list[float]]], higher_
 
 
 def curve_svg(title: str, points: list[tuple[float, float]], refs: list[tuple[str, float]] = (),
-              width: int = 260, height: int = 170, line_colour: str = PALETTE[0], subtitle: str = "") -> str:
-    """A line through ``(epoch, value)`` points, with each ``(label, value)`` of ``refs`` as a
-    dashed horizontal line (e.g. the heuristic guidance's score). ``title`` (the metric) comes
-    first and whole; ``subtitle`` (the test set) below it, shortened to fit (whole as a tooltip)."""
+              width: int = 260, height: int = 170, line_colour: str = PALETTE[0], subtitle: str = "",
+              x_label: str = "epoch") -> str:
+    """A line through ``(x, value)`` points (``x``: an epoch, or what ``x_label`` names), with each
+    ``(label, value)`` of ``refs`` as a dashed horizontal line (e.g. the heuristic guidance's
+    score). ``title`` (the metric) comes first and whole; ``subtitle`` (the test set) below it,
+    shortened to fit (whole as a tooltip)."""
     top, bottom, left, right = 36 if subtitle else 24, 34, 52, 10
     pts = [(x, y) for x, y in points if math.isfinite(y)]
     ys = [y for _, y in pts] + [v for _, v in refs if math.isfinite(v)]
@@ -170,7 +172,7 @@ def curve_svg(title: str, points: list[tuple[float, float]], refs: list[tuple[st
             out.append(f'<text x="{sx(t):.1f}" y="{height - bottom + 15}" class="tick" '
                        f'text-anchor="middle">{int(round(t))}</text>')
     out.append(f'<text x="{(left + width - right) / 2:.0f}" y="{height - 4}" class="tick" '
-               'text-anchor="middle">epoch</text>')
+               f'text-anchor="middle">{escape(x_label)}</text>')
     for k, (label, v) in enumerate(refs):
         if not math.isfinite(v):
             continue
@@ -185,7 +187,7 @@ def curve_svg(title: str, points: list[tuple[float, float]], refs: list[tuple[st
         out.append(f'<path d="{d}" fill="none" stroke="{line_colour}" stroke-width="2"/>')
         for x, y in pts:
             out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{line_colour}">'
-                       f'<title>epoch {x:g}: {_fmt(y)}</title></circle>')
+                       f'<title>{escape(x_label)} {x:g}: {_fmt(y)}</title></circle>')
     out.append("</svg>")
     return "".join(out)
 
