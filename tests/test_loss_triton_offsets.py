@@ -64,20 +64,21 @@ def _check(seen, tensors, elsize=4):
 
 _x, _y, _t, _h = _bufs(4)
 _a, _b, _f, _p, _g = _bufs(5)
+(_c,) = _bufs(1)  # SSIM's [C1, C2]
 CASES = {
     # kernel, pointer args, ints, constexprs
     "ssim_h rows": (lt._ssim_h_kernel, (_x, _y, _t, _h), (16, ROW, 16, 0, 2), {}),
     "ssim_h stats": (lt._ssim_h_kernel, (_x, _y, _t, _h), (16, SLOT, SLOT, 0, 2), {}),
-    "ssim_v stats": (lt._ssim_v_kernel, (_h, _t, _p, _g), (1, 16, 16, SLOT, 0, 2, 1e-4, 9e-4), dict(BACKWARD=True)),
-    "ssim_v rows": (lt._ssim_v_kernel, (_h, _t, _p, _g), (16, 2 ** 10, 1, 2 ** 18, 0, 2, 1e-4, 9e-4),
+    "ssim_v stats": (lt._ssim_v_kernel, (_h, _t, _c, _p, _g), (1, 16, 16, SLOT, 0, 2), dict(BACKWARD=True)),
+    "ssim_v rows": (lt._ssim_v_kernel, (_h, _t, _c, _p, _g), (16, 2 ** 10, 1, 2 ** 18, 0, 2),
                     dict(BACKWARD=False)),
     "rows_filter rows": (lt._rows_filter_kernel, (_h, _t, _g), (16, 1, 1, ROW, 0, 1), {}),
     "ssim_hT rows": (lt._ssim_hT_kernel, (_h, _x, _y, _t, _a, _b), (16, ROW, 16, 0, 2), {}),
     "ssim_hT stats": (lt._ssim_hT_kernel, (_h, _x, _y, _t, _a, _b), (16, 16, SLOT, 0, 2), {}),
     "gmax_fwd rows": (lt._gmax_fwd_kernel, (_a, _b, _f, _p), (1, 16, ROW), {}),
     "gmax_fwd planes": (lt._gmax_fwd_kernel, (_a, _b, _f, _p), (16, 1, ROW), {}),
-    "gmax_coef rows": (lt._gmax_coef_kernel, (_a, _b, _f, _p, _g), (1, 16, ROW, 1.0), {}),
-    "gmax_coef stats": (lt._gmax_coef_kernel, (_a, _b, _f, _p, _g), (1, 16, SLOT, 1.0), {}),
+    "gmax_coef rows": (lt._gmax_coef_kernel, (_a, _b, _f, _p, _g), (1, 16, ROW), {}),
+    "gmax_coef stats": (lt._gmax_coef_kernel, (_a, _b, _f, _p, _g), (1, 16, SLOT), {}),
     "gmax_adjoint rows": (lt._gmax_adjoint_kernel, (_g, _a, _b, _f), (1, 16, ROW), {}),
     "gmax_adjoint stats": (lt._gmax_adjoint_kernel, (_g, _a, _b, _f), (1, 16, SLOT), {}),
 }
