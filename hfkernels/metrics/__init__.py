@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from . import basic, gradient, histogram, structural
+from . import basic, gradient, histogram, structural, tiled
 from . import vif as _vif
-from ._prep import PROTOCOLS, MetricUnavailable, Prepared
+from ._prep import PROTOCOLS, MetricUnavailable, Prepared, check_inputs, check_protocol
 from .temporal import FlickerMeter, flicker
 
 #: metric name -> function of a :class:`Prepared` batch, in the order tables list them
@@ -82,11 +82,19 @@ def evaluate(vis, ir, fused, names=None, protocol: str = "paper", unavailable: s
         ValueError / TypeError naming the argument for bad shapes, values outside [0, 1],
         unknown names or protocol; ValueError for images smaller than a metric's window
         (VIF needs at least 41x41 pixels, SSIM 11x11): :class:`MetricUnavailable`.
+
+    Images of more than ``tiled.TILE_PIXELS`` pixels (over the batch) are measured in bands of
+    rows with bounded memory (:mod:`.tiled`); the values are the same to float64 rounding.
     """
     names = check_names(names)
     if unavailable not in ("raise", "nan"):
         raise ValueError(f"unavailable must be 'raise' or 'nan', got {unavailable!r}")
-    x = Prepared(vis, ir, fused, protocol)
+    check_protocol(protocol)
+    vis, ir, fused = check_inputs(vis, ir, fused)
+    b, _, h, w = vis.shape
+    if tiled.should_tile(b, h, w):
+        return tiled.evaluate_bands(vis, ir, fused, names, protocol, unavailable)
+    x = Prepared(vis, ir, fused, protocol, check_range=False)
     out = {}
     for n in names:
         try:
@@ -101,9 +109,8 @@ def evaluate(vis, ir, fused, names=None, protocol: str = "paper", unavailable: s
 def _single(name: str):
     fn = _PREPARED[name]
 
-    @torch.no_grad()
     def metric(vis, ir, fused, protocol: str = "paper") -> torch.Tensor:
-        return fn(Prepared(vis, ir, fused, protocol))
+        return evaluate(vis, ir, fused, [name], protocol)[name]
 
     metric.__name__ = name.lower()
     metric.__qualname__ = name.lower()

@@ -136,6 +136,15 @@ class Prepared:
         self.batch = vis.shape[0]
         self.cache: dict = {}  # derived maps shared between metrics
 
+    def crop(self, top: int, rows: int) -> "Prepared":
+        """Rows ``top .. top + rows - 1`` of these images, as views (no copy, an empty cache):
+        for the metrics of one band of a large image (:mod:`.tiled`)."""
+        c = object.__new__(Prepared)
+        c.protocol, c.dtype, c.batch, c.cache = self.protocol, self.dtype, self.batch, {}
+        for k in ("a", "b", "f", "ga", "gb", "gf"):
+            setattr(c, k, getattr(self, k)[..., top:top + rows, :])
+        return c
+
     @cached_property
     def gray_levels(self) -> torch.Tensor:
         """(3, B, H*W) int64 levels of gray A, gray B, gray F."""

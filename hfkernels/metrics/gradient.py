@@ -170,3 +170,71 @@ def sf_prepared(x: Prepared) -> torch.Tensor:
     rf2 = (dx * dx).mean(dim=(1, 2, 3), dtype=torch.float64) if w > 1 else zero
     cf2 = (dy * dy).mean(dim=(1, 2, 3), dtype=torch.float64) if h > 1 else zero
     return torch.sqrt(rf2 + cf2)
+
+
+# ---------------------------------------------------------------------------- row-band sums
+# The metrics above as sums over a band of rows, which add up over bands to the same values
+# (hfkernels.metrics.tiled): every term is per pixel, with a reach of one row (Sobel, forward
+# differences), so a band needs one row of context above and below.
+
+
+def edge_sums(g3: torch.Tensor, top: int, rows: int, protocol: str) -> torch.Tensor:
+    """Qabf/Nabf sums over rows ``top .. top + rows - 1`` of a band.
+
+    Args:
+        g3: (B, 3, h, W) gray A, B, F (0..255) of the band with its context: a row above and
+            below the counted rows unless the band ends at the image's border there.
+    Returns:
+        (B, 5) float64: sum of Q_SF gS, of gS, of the artifact terms (1 - Q_SF) gS [AM], and the
+        unweighted sums of Q_SF and of (1 - Q_SF) [AM] for the equal-weight case (see
+        :func:`edge_from_sums`).
+    """
+    gx, gy = sobel_xy(g3)
+    g, a = strength_angle(gx[..., top:top + rows, :], gy[..., top:top + rows, :])
+    gs, gf = g[:, :2], g[:, 2:]
+    q = edge_preservation(gs, a[:, :2], gf, a[:, 2:], protocol)
+    am = (gf > gs).all(dim=1, keepdim=True)
+    dims = dict(dim=(1, 2, 3), dtype=torch.float64)
+    q_sum, art_eq = q.sum(**dims), torch.where(am, 1.0 - q, 0.0).sum(**dims)
+    qg = q.mul_(gs)  # the same operations as qabf_prepared / nabf_prepared, pixel for pixel
+    art = torch.where(am, gs - qg, 0.0)
+    return torch.stack([qg.sum(**dims), gs.sum(**dims), art.sum(**dims), q_sum, art_eq], dim=1)
+
+
+def edge_from_sums(s: torch.Tensor, pixels: int):
+    """(Qabf, Nabf), each (B,), from :func:`edge_sums` added over an image of ``pixels`` pixels;
+    equal weights where the sources have no edges (module docstring)."""
+    den = s[:, 1]
+    none = den == 0
+    qabf = torch.where(none, s[:, 3] / (2 * pixels), s[:, 0] / den)
+    nabf = torch.where(none, s[:, 4] / (2 * pixels), s[:, 2] / den)
+    return qabf, nabf
+
+
+def sf_ag_sums(e: torch.Tensor, rows: int) -> torch.Tensor:
+    """SF and AG sums over the first ``rows`` rows of e (B, 1, h, W), gray F of a band with the
+    row below it (h = rows + 1) unless the band ends at the image's bottom (h = rows).
+
+    Returns (B, 3) float64: the sums of squared horizontal differences within the rows, of squared
+    vertical differences to the next row, and of the AG terms (see :func:`sf_ag_from_sums`).
+    """
+    dims = dict(dim=(1, 2, 3), dtype=torch.float64)
+    zero = e.new_zeros(e.shape[0], dtype=torch.float64)
+    h, w = e.shape[-2:]
+    dx = e[..., :rows, 1:] - e[..., :rows, :-1]
+    dy = e[..., 1:, :] - e[..., :-1, :]
+    rf = (dx * dx).sum(**dims) if w > 1 else zero
+    cf = (dy * dy).sum(**dims) if h > 1 else zero
+    if h > 1:  # the bottom row of the image has no AG term
+        dx, dy = _neighbour_differences(e)
+        ag = torch.sqrt((dx * dx + dy * dy) / 2.0).sum(**dims)
+    else:
+        ag = zero
+    return torch.stack([rf, cf, ag], dim=1)
+
+
+def sf_ag_from_sums(s: torch.Tensor, h: int, w: int):
+    """(SF, AG), each (B,), from :func:`sf_ag_sums` added over an h x w image with h >= 2."""
+    rf2 = s[:, 0] / (h * (w - 1)) if w > 1 else torch.zeros_like(s[:, 0])
+    sf = torch.sqrt(rf2 + s[:, 1] / ((h - 1) * w))
+    return sf, s[:, 2] / ((h - 1) * max(w - 1, 1))

@@ -40,23 +40,36 @@ def entropy(counts: torch.Tensor, dims, eps: float | None = None) -> torch.Tenso
     return -terms.sum(dim=dims)
 
 
-def en_prepared(x: Prepared) -> torch.Tensor:
+def en_counts(x: Prepared) -> torch.Tensor:
+    """(B, 256) float64 level counts EN is the entropy of; counts of row bands add up."""
     if x.protocol == "paper":
-        lv = quantised(x.f.flatten(1), "paper")
-        # the published eps makes a one-level histogram -log2(1 + 1e-7) < 0; entropy is >= 0
-        return entropy(histogram(lv), dims=-1, eps=1e-7).clamp_min(0.0)
-    return entropy(histogram(x.gray_levels[2]), dims=-1).clamp_min(0.0)
+        return histogram(quantised(x.f.flatten(1), "paper"))
+    return histogram(x.gray_levels[2])
 
 
-def mutual_information(lx: torch.Tensor, ly: torch.Tensor) -> torch.Tensor:
-    """MI in bits between two (R, N) int64 level tensors (values 0..255) -> (R,) float64."""
-    j = joint_histogram(lx, ly)
-    return entropy(j.sum(2), -1) + entropy(j.sum(1), -1) - entropy(j, (-2, -1))
+def en_from_counts(counts: torch.Tensor, protocol: str) -> torch.Tensor:
+    """EN (B,) from :func:`en_counts` (B, 256)."""
+    # the published eps makes a one-level histogram -log2(1 + 1e-7) < 0; entropy is >= 0
+    return entropy(counts, dims=-1, eps=1e-7 if protocol == "paper" else None).clamp_min(0.0)
+
+
+def en_prepared(x: Prepared) -> torch.Tensor:
+    return en_from_counts(en_counts(x), x.protocol)
+
+
+def mi_counts(x: Prepared) -> torch.Tensor:
+    """(2B, 256, 256) float64 joint histograms of (gray A, gray F) then (gray B, gray F); counts
+    of row bands add up."""
+    lv = x.gray_levels  # (3, B, N)
+    return joint_histogram(torch.cat([lv[0], lv[1]]), torch.cat([lv[2], lv[2]]))
+
+
+def mi_from_counts(j: torch.Tensor) -> torch.Tensor:
+    """MI (B,) in bits from :func:`mi_counts` (2B, 256, 256)."""
+    mi = entropy(j.sum(2), -1) + entropy(j.sum(1), -1) - entropy(j, (-2, -1))
+    b = j.shape[0] // 2
+    return mi[:b] + mi[b:]
 
 
 def mi_prepared(x: Prepared) -> torch.Tensor:
-    lv = x.gray_levels  # (3, B, N)
-    src = torch.cat([lv[0], lv[1]])  # A then B, (2B, N)
-    fus = torch.cat([lv[2], lv[2]])
-    mi = mutual_information(src, fus)
-    return mi[: x.batch] + mi[x.batch :]
+    return mi_from_counts(mi_counts(x))

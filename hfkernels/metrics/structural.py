@@ -34,6 +34,12 @@ def ssim_pairs(maps: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
     Returns:
         (B, 2) float64.
     """
+    return ssim_map(maps, c1, c2).mean(dim=(-3, -2, -1))
+
+
+def ssim_map(maps: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
+    """The SSIM maps of A and B against F over the valid (H - 10) x (W - 10) windows of ``maps``
+    (as in :func:`ssim_pairs`), (B, 2, ...) in a blocked layout: only for sums and means."""
     taps = matlab_gaussian(SSIM_WINDOW, SSIM_SIGMA, dtype=maps.dtype, device=maps.device)
     m = filter_valid_sums(maps, taps)  # blocked layout: fine for elementwise maths and a mean
     mu, sq, cross = m[:, :3], m[:, 3:6], m[:, 6:8]
@@ -43,13 +49,16 @@ def ssim_pairs(maps: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
     sxy = torch.addcmul(cross, mx, my, value=-1.0)
     num = (mx * my).mul_(2.0).add_(c1).mul_(sxy.mul_(2.0).add_(c2))
     den = (mm[:, :2] + mm[:, 2:]).add_(c1).mul_((var[:, :2] + var[:, 2:]).add_(c2))
-    return num.div_(den).mean(dim=(-3, -2, -1))
+    return num.div_(den)
+
+
+def check_ssim_size(h: int, w: int) -> None:
+    if min(h, w) < SSIM_WINDOW:
+        raise MetricUnavailable(f"SSIM needs images of at least 11x11 pixels, got {w}x{h}")
 
 
 def ssim_prepared(x: Prepared) -> torch.Tensor:
-    g = x.gray64
-    if min(g.shape[-2:]) < SSIM_WINDOW:
-        raise MetricUnavailable(f"SSIM needs images of at least 11x11 pixels, got {g.shape[-1]}x{g.shape[-2]}")
+    check_ssim_size(*x.gray64.shape[-2:])
     return ssim_pairs(x.moment_maps, *ssim_constants(x.protocol)).sum(dim=1)
 
 
@@ -68,16 +77,27 @@ def _covariances(x: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if "cov" not in x.cache:
         g = x.gray64
-        n = g.shape[-2] * g.shape[-1]
-        s = x.moment_maps.sum(dim=(-2, -1))  # (B, 8): A, B, F, AA, BB, FF, AF, BF
-        sab = torch.einsum("bhw,bhw->b", g[:, 0], g[:, 1])
-        m = torch.empty(g.shape[0], 3, 3, dtype=s.dtype, device=s.device)
-        m[:, [0, 1, 2], [0, 1, 2]] = s[:, 3:6]
-        m[:, 0, 2] = m[:, 2, 0] = s[:, 6]
-        m[:, 1, 2] = m[:, 2, 1] = s[:, 7]
-        m[:, 0, 1] = m[:, 1, 0] = sab
-        x.cache["cov"] = (m - s[:, :3, None] * s[:, None, :3] / n, m)
+        x.cache["cov"] = covariances(moment_sums(g, x.moment_maps), g.shape[-2] * g.shape[-1])
     return x.cache["cov"]
+
+
+def moment_sums(g: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """(B, 9) float64 sums of A, B, F, AA, BB, FF, AF, BF, AB: what CC and SCD need (row bands
+    add up), from g (B, 3, H, W) gray A, B, F (``Prepared.gray64``) and its ``moment_maps``."""
+    sab = torch.einsum("bhw,bhw->b", g[:, 0], g[:, 1])
+    return torch.cat([maps.sum(dim=(-2, -1)), sab[:, None]], dim=1)
+
+
+def covariances(sums: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N * covariance, raw sums of products), each (B, 3, 3), from :func:`moment_sums` over N
+    pixels (see :func:`_covariances`)."""
+    s, sab = sums[:, :8], sums[:, 8]
+    m = torch.empty(s.shape[0], 3, 3, dtype=s.dtype, device=s.device)
+    m[:, [0, 1, 2], [0, 1, 2]] = s[:, 3:6]
+    m[:, 0, 2] = m[:, 2, 0] = s[:, 6]
+    m[:, 1, 2] = m[:, 2, 1] = s[:, 7]
+    m[:, 0, 1] = m[:, 1, 0] = sab
+    return m - s[:, :3, None] * s[:, None, :3] / n, m
 
 
 def _corr(cxy, cxx, cyy, sxx, syy) -> torch.Tensor:
@@ -89,14 +109,22 @@ def _corr(cxy, cxx, cyy, sxx, syy) -> torch.Tensor:
 
 
 def cc_prepared(x: Prepared) -> torch.Tensor:
-    c, m = _covariances(x)
+    return cc_from_covariances(*_covariances(x))
+
+
+def scd_prepared(x: Prepared) -> torch.Tensor:
+    return scd_from_covariances(*_covariances(x))
+
+
+def cc_from_covariances(c: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """CC (B,) from :func:`covariances`."""
     caa, cbb, cff = c[:, 0, 0], c[:, 1, 1], c[:, 2, 2]
     saa, sbb, sff = m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]
     return (_corr(c[:, 0, 2], caa, cff, saa, sff) + _corr(c[:, 1, 2], cbb, cff, sbb, sff)) / 2
 
 
-def scd_prepared(x: Prepared) -> torch.Tensor:
-    c, m = _covariances(x)
+def scd_from_covariances(c: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """SCD (B,) from :func:`covariances`."""
     caa, cbb, cff = c[:, 0, 0], c[:, 1, 1], c[:, 2, 2]
     cab, caf, cbf = c[:, 0, 1], c[:, 0, 2], c[:, 1, 2]
     saa, sbb, sff = m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]
