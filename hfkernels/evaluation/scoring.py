@@ -36,6 +36,7 @@ from ..core.fusion import (
 )
 from ..io import read_image, write_output
 from ..metrics import evaluate
+from ..metrics.tiled import needed_bytes
 
 
 @dataclass
@@ -271,10 +272,6 @@ def fused_and_mu(fusion, vis, ir, own=None, want_mu: bool = True):
 # the loop
 
 
-#: peak memory of scoring one pair with every metric, per pixel (float64 maps; measured 390 B, see the README)
-METRIC_BYTES_PER_PIXEL = 400
-
-
 def out_of_memory(e: BaseException) -> bool:
     """Whether ``e`` says an allocation failed (CPU or CUDA): the input is too large for this
     machine, a user error to report with the input's name and the memory it needs."""
@@ -342,7 +339,7 @@ def score(pairs, fusions: dict, metrics=None, protocol: str = "paper", device="c
                 if not out_of_memory(e):
                     raise
                 problems.append(f"{p.name}: not enough memory for a {vis.shape[-1]}x{vis.shape[-2]} pair "
-                                f"(the metrics need about {METRIC_BYTES_PER_PIXEL * vis.shape[-2] * vis.shape[-1] / 2**30:.1f} GiB)")
+                                f"(the metrics need about {needed_bytes(1, *vis.shape[-2:]) / 2**30:.1f} GiB)")
                 break
             out[label][p.name] = {k: float(v[0]) for k, v in vals.items()}
             if kept:
@@ -403,4 +400,4 @@ def dump_json(path, obj) -> None:
 __all__ = ["Pair", "pairs_from_files", "spread_indices", "pairs_from_dataset", "Fusion", "PATHS", "guided_fusion",
            "colour_fusion", "laplacian_fusion", "pyramid", "blend_fusion", "check_path", "paths_of", "check_one_path",
            "method", "METHODS", "LABELS", "label", "BASELINES", "fused_and_mu", "EvaluationError", "score", "means",
-           "format_table", "json_safe", "dump_json", "out_of_memory", "METRIC_BYTES_PER_PIXEL"]
+           "format_table", "json_safe", "dump_json", "out_of_memory"]

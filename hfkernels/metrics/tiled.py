@@ -48,6 +48,21 @@ def should_tile(batch: int, h: int, w: int) -> bool:
     return batch * h * w > TILE_PIXELS and h > band_rows(batch, w)
 
 
+#: peak memory of the whole-image path per pixel, and of the banded one per pixel of a band with
+#: its context and per pixel of the images (VIF's smaller scales), beyond the inputs (measured,
+#: see the README)
+WHOLE_BYTES_PER_PIXEL, BAND_BYTES_PER_PIXEL, BANDED_BYTES_PER_PIXEL = 400, 500, 4
+
+
+def needed_bytes(batch: int, h: int, w: int) -> int:
+    """About how much memory :func:`hfkernels.metrics.evaluate` needs for all metrics of a
+    (batch, C, h, w) batch, beyond the inputs themselves."""
+    if not should_tile(batch, h, w):
+        return WHOLE_BYTES_PER_PIXEL * batch * h * w
+    band = batch * w * min(h, band_rows(batch, w) + REACH + 1)
+    return BAND_BYTES_PER_PIXEL * band + BANDED_BYTES_PER_PIXEL * batch * h * w
+
+
 def _bands(h: int, rows: int):
     return ((r0, min(r0 + rows, h)) for r0 in range(0, h, rows))
 
