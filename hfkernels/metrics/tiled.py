@@ -30,11 +30,13 @@ from ._prep import MetricUnavailable, Prepared
 
 #: images with more pixels than this (over the batch) are measured in bands; tests lower it
 TILE_PIXELS = 1 << 21
-#: about how many pixels (over the batch) one band covers; its peak memory is ~400 bytes a pixel
+#: about how many pixels (over the batch) one band covers; its peak memory is ~500 bytes a pixel
 BAND_PIXELS = 1 << 20
-#: rows of context a band needs below it: VIF's 17-row window at full resolution
+#: rows of context a band needs below it: VIF's 17-row window at full resolution (SSIM's 11 rows
+#: and the one row of Sobel and forward differences are within it)
 REACH = 16
-#: bands are a multiple of this many rows: they start on even rows at every scale VIF subsamples
+#: bands are a multiple of this many rows, so they start on even rows, as VIF's subsampling
+#: needs for a band to yield whole rows of the next scale
 ALIGN = 8
 
 
@@ -68,6 +70,8 @@ def _bands(h: int, rows: int):
 
 
 class _Sums(dict):
+    """Running totals over bands, one per key, starting with the first band's value."""
+
     def add(self, key, value):
         self[key] = self[key] + value if key in self else value
 
@@ -153,7 +157,8 @@ def _finish(name: str, sums: _Sums, h: int, w: int, protocol: str) -> torch.Tens
     if name in ("Qabf", "Nabf"):
         return gradient.edge_from_sums(sums["EDGE"], n)[name == "Nabf"]
     if name == "SSIM":
-        return (sums["SSIM"] / ((h - 10) * (w - 10))).sum(dim=1)
+        valid = (h - structural.SSIM_WINDOW + 1) * (w - structural.SSIM_WINDOW + 1)
+        return (sums["SSIM"] / valid).sum(dim=1)
     if name == "SD":
         return torch.sqrt(sums["SD"][:, 2] / n)
     if name in ("SF", "AG"):
