@@ -396,13 +396,15 @@ if triton is not None:
                       ACC64=acc64)
         return hbuf
 
-    def _ssim_vertical(x, hbuf, plan, gscale, out, c1, c2, backward):
+    def _ssim_consts(c1, c2, plan, device):
+        """[C1, C2] as a tensor in the compute dtype: a Python float argument reaches a compiled
+        kernel as float32, which would cost float64 SSIM about 1e-8 of relative accuracy."""
+        return torch.tensor([c1, c2], dtype=plan[0].dtype, device=device)
+
+    def _ssim_vertical(x, hbuf, plan, gscale, out, consts, backward):
         """Step 2 of the module docstring: the SSIM map (forward) or G for gscale (backward)."""
         taps, k, _, wo, oy, ho, acc64 = plan
         b, c, h, _ = x.shape
-        # C1, C2 travel as a tensor: a Python float argument reaches a compiled kernel as float32,
-        # which would cost float64 SSIM about 1e-8 of relative accuracy
-        consts = torch.tensor([c1, c2], dtype=taps.dtype, device=x.device)
         _TILES.launch(wrap_triton(_ssim_v_kernel), b * c * ho, wo, hbuf, taps, consts, gscale, out,
                       b * c, h, ho, wo, oy, k, BACKWARD=backward, ACC64=acc64)
         return out
@@ -417,11 +419,12 @@ if triton is not None:
         b, c = x.shape[:2]
         hbuf = _ssim_stats_h(x, y, plan)
         smap = torch.empty((b * c, ho, wo), dtype=taps.dtype, device=x.device)
-        _ssim_vertical(x, hbuf, plan, smap, smap, c1, c2, False)
+        consts = _ssim_consts(c1, c2, plan, x.device)
+        _ssim_vertical(x, hbuf, plan, smap, smap, consts, False)
         coefs = taps.new_empty(0)
         if save:
             coefs = torch.empty((5, b * c, ho, wo), dtype=taps.dtype, device=x.device)
-            _ssim_vertical(x, hbuf, plan, torch.ones(b * c, dtype=taps.dtype, device=x.device), coefs, c1, c2, True)
+            _ssim_vertical(x, hbuf, plan, torch.ones(b * c, dtype=taps.dtype, device=x.device), coefs, consts, True)
         return smap.view(b, -1).mean(1).to(x.dtype), coefs
 
     @triton_op("hfkernels::ssim_triton_backward", mutates_args=())
@@ -437,7 +440,8 @@ if triton is not None:
         gscale = (grad.to(taps.dtype) / (c * ho * wo)).repeat_interleave(c).contiguous()
         if coefs is None:
             gmaps = torch.empty((5, b * c, ho, wo), dtype=taps.dtype, device=x.device)
-            _ssim_vertical(x, _ssim_stats_h(x, y, plan), plan, gscale, gmaps, c1, c2, True)
+            _ssim_vertical(x, _ssim_stats_h(x, y, plan), plan, gscale, gmaps, _ssim_consts(c1, c2, plan, x.device),
+                           True)
         else:
             gmaps = coefs * gscale.view(1, b * c, 1, 1)
         flipped = taps.flip(0).contiguous()

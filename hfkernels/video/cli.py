@@ -176,7 +176,9 @@ def run_eval(args, names, mu_fn, device, label: str = "fused"):
 
     def scored(b):
         bar.update(b.fused.shape[0])
-        for i in range(b.fused.shape[0] if pics is not None else 0):
+        if pics is None:
+            return
+        for i in range(b.fused.shape[0]):
             k = b.start + i
             if k < len(shown_names) and pics.wants(k):
                 mu = None if b.mu is None else b.mu[i:i + 1]
